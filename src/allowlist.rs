@@ -490,7 +490,8 @@ mod tests {
     #[test]
     fn invalid_rules_fail_with_a_fix() {
         use ParseErrorKind as K;
-        let cases: &[(&str, fn(&K) -> bool, &str)] = &[
+        type Case = (&'static str, fn(&K) -> bool, &'static str);
+        let cases: &[Case] = &[
             ("*", |k| matches!(k, K::MatchesEverything(_)), "would allow every host"),
             ("*.", |k| matches!(k, K::MatchesEverything(_)), "would allow every host"),
             ("*:443", |k| matches!(k, K::MatchesEverything(_)), "would allow every host"),

@@ -1,8 +1,30 @@
 //! egress-warden: an egress-control sidecar for agent sandboxes. Every outbound connection is
-//! decided against domain and IP allowlists, counted per run, audited, and a violation ends the run.
+//! decided against domain and IP allowlists, counted per run, audited, and a violation ends
+//! the run. See `docs/architecture.md` for how the modules fit together.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod allowlist;
+pub mod app;
+pub mod audit;
+pub mod budget;
+pub mod check;
+pub mod config;
+pub mod connect;
+pub mod enforce;
+pub mod forward;
 pub mod host;
+pub mod listener;
+pub mod metrics;
 pub mod policy;
+pub mod relay;
+pub mod resolve;
+pub mod sandbox;
 pub mod size;
+pub mod sniff;
+pub mod state;
+pub mod summary;
+pub mod tunnel;
+
+pub use app::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, main_with};
+pub use config::Cli;

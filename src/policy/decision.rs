@@ -143,8 +143,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn allow(reason: Reason, rule: Arc<Rule>) -> Self {
-        Self { verdict: Verdict::Allow, reason, rule: Some(rule), special: None }
+    pub fn allow(reason: Reason, rule: Option<Arc<Rule>>) -> Self {
+        Self { verdict: Verdict::Allow, reason, rule, special: None }
     }
 
     pub fn deny(reason: Reason) -> Self {

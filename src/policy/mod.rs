@@ -154,7 +154,7 @@ impl Policy {
     /// Decides a hostname target by name rules only.
     pub fn decide_name(&self, name: &DomainName, port: u16) -> Decision {
         match self.match_name(name, port) {
-            HostMatch::Allowed(i) => Decision::allow(Reason::DomainAllowed, self.rule(i)),
+            HostMatch::Allowed(i) => Decision::allow(Reason::DomainAllowed, Some(self.rule(i))),
             HostMatch::PortOnly(i) => Decision {
                 rule: Some(self.rule(i)),
                 ..Decision::deny(Reason::PortNotAllowed)
@@ -166,7 +166,7 @@ impl Policy {
     /// Decides an IP-literal target by IP rules only.
     pub fn decide_ip(&self, ip: IpAddr, port: u16) -> Decision {
         match self.match_ip(ip, port) {
-            HostMatch::Allowed(i) => Decision::allow(Reason::IpAllowed, self.rule(i)),
+            HostMatch::Allowed(i) => Decision::allow(Reason::IpAllowed, Some(self.rule(i))),
             HostMatch::PortOnly(i) => Decision {
                 rule: Some(self.rule(i)),
                 ..Decision::deny(Reason::PortNotAllowed)
@@ -180,13 +180,14 @@ impl Policy {
 
     /// For a name already allowed by `name_rule`: may the warden dial `ip`, one of the
     /// addresses it resolved to? Ordinary addresses are covered by the name rule; special
-    /// addresses need an IP rule for that address and port.
-    pub fn check_resolved(&self, ip: IpAddr, port: u16, name_rule: &Arc<Rule>) -> Decision {
+    /// addresses need an IP rule for that address and port. (`name_rule` is `None` only for a
+    /// name let through by `--on-violation report`.)
+    pub fn check_resolved(&self, ip: IpAddr, port: u16, name_rule: Option<&Arc<Rule>>) -> Decision {
         let Some(s) = special::classify(ip) else {
-            return Decision::allow(Reason::DomainAllowed, name_rule.clone());
+            return Decision::allow(Reason::DomainAllowed, name_rule.cloned());
         };
         match self.match_ip(ip, port) {
-            HostMatch::Allowed(i) => Decision::allow(Reason::IpAllowed, self.rule(i)),
+            HostMatch::Allowed(i) => Decision::allow(Reason::IpAllowed, Some(self.rule(i))),
             HostMatch::PortOnly(_) | HostMatch::None => {
                 Decision { special: Some(s), ..Decision::deny(Reason::SpecialAddress) }
             }

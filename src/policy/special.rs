@@ -178,7 +178,8 @@ mod tests {
     fn every_special_range_and_embedding_is_classified() {
         use AddrClass::*;
         use Embedding::*;
-        let cases: &[(&str, Option<(AddrClass, Option<Embedding>)>)] = &[
+        type Want = Option<(AddrClass, Option<Embedding>)>;
+        let cases: &[(&str, Want)] = &[
             // Ordinary global addresses.
             ("93.184.216.34", None),
             ("8.8.8.8", None),

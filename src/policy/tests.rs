@@ -94,7 +94,7 @@ fn resolved_addresses_are_checked_for_special_ranges() {
     ];
     assert!(!cases.is_empty());
     for (ip, port, want) in cases {
-        let got = p.check_resolved(ip.parse().unwrap(), *port, &rule);
+        let got = p.check_resolved(ip.parse().unwrap(), *port, Some(&rule));
         assert_eq!(got.reason, *want, "address {ip} port {port}");
         if *want == Reason::SpecialAddress {
             assert!(got.special.is_some(), "address {ip}");

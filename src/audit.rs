@@ -1,0 +1,197 @@
+//! The audit log: one JSON line per decision (per connection, and per request for plain HTTP),
+//! plus `start`, `reload` and `end` lines. Field names are a public, versioned schema
+//! (`schema: 1`): fields may be added, never renamed or removed.
+//!
+//! Lines are serialised by the caller and written by one dedicated thread through a bounded
+//! channel (backpressure, not loss), flushed whenever the queue runs dry, so a denial reaches
+//! the file at once while a busy run still batches. If a line cannot be written, the run stops:
+//! an audit log with holes is worse than no run.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AuditTarget;
+
+/// Version of the record schema written in every line.
+pub const SCHEMA: u32 = 1;
+
+/// Lines queued before writers wait.
+const QUEUE: usize = 16 * 1024;
+
+/// RFC 3339 UTC timestamp with milliseconds.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// One decision about one connection, request or query.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    pub schema: u32,
+    pub event: &'static str,
+    pub ts: String,
+    pub run_id: String,
+    /// `http`, `socks5`.
+    pub listener: &'static str,
+    pub client: Option<SocketAddr>,
+    /// The host as the sandbox asked for it (normalised when it parsed).
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// The address dialled (or refused).
+    pub ip: Option<IpAddr>,
+    /// `allow`, `deny` or `report` (allowed, but would have been denied).
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    /// `file:line` of the rule that allowed it.
+    pub rule: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    /// HTTP method (`CONNECT` for tunnels); absent for SOCKS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// What exactly was refused, e.g. `sni=evil.test` or `link_local 169.254.169.254`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Why an allowed connection failed or ended early (e.g. `connect_refused`, `idle_timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    /// True when this denial was a violation acted on by `--on-violation`.
+    pub violation: bool,
+}
+
+enum Msg {
+    Line(Vec<u8>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle to the audit writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Msg>,
+}
+
+/// The writer thread; join it after [`Audit::close`].
+pub struct AuditThread(JoinHandle<()>);
+
+impl AuditThread {
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Audit {
+    /// Opens the target and starts the writer. `failed` is cancelled if a write fails.
+    pub fn open(target: &AuditTarget, failed: CancellationToken) -> io::Result<(Self, AuditThread)> {
+        let sink: Box<dyn Write + Send> = match target {
+            AuditTarget::Stderr => Box::new(io::stderr()),
+            AuditTarget::Stdout => Box::new(io::stdout()),
+            AuditTarget::File(path) => Box::new(
+                OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()))
+                })?,
+            ),
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_loop(rx, sink, failed))?;
+        Ok((Self { tx }, AuditThread(thread)))
+    }
+
+    /// Queues one record (waits while the queue is full).
+    pub async fn write<T: Serialize>(&self, record: &T) {
+        let mut line = serde_json::to_vec(record).expect("audit records always serialise");
+        line.push(b'\n');
+        // A closed channel means the writer failed or the run is ending; failure has already
+        // been signalled through the `failed` token.
+        let _ = self.tx.send(Msg::Line(line)).await;
+    }
+
+    /// Flushes everything queued so far and stops the writer.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Box<dyn Write + Send>, failed: CancellationToken) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, sink);
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        let mut close = None;
+        let mut result = Ok(());
+        // Write everything already queued, then flush once.
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(line) => {
+                    if result.is_ok() {
+                        result = out.write_all(&line);
+                    }
+                }
+                Msg::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let result = result.and_then(|()| out.flush());
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot write the audit log; stopping the run");
+            failed.cancel();
+            return;
+        }
+        if let Some(done) = close {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_reach_the_file_in_order_and_close_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let failed = CancellationToken::new();
+        let (audit, thread) = Audit::open(&AuditTarget::File(path.clone()), failed.clone()).unwrap();
+        for i in 0..1000 {
+            audit.write(&serde_json::json!({"schema": SCHEMA, "n": i})).await;
+        }
+        audit.close().await;
+        thread.join();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1000);
+        assert!(lines.iter().enumerate().all(|(i, v)| v["n"] == i));
+        assert!(!failed.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_cancels_the_run() {
+        // /dev/full accepts the open and fails every write with ENOSPC.
+        let failed = CancellationToken::new();
+        let (audit, thread) = Audit::open(&AuditTarget::File("/dev/full".into()), failed.clone()).unwrap();
+        audit.write(&serde_json::json!({"schema": SCHEMA})).await;
+        failed.cancelled().await;
+        thread.join();
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_millis() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        assert_eq!(timestamp(t), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,271 @@
+//! The explicit HTTP proxy: absolute-form plain-HTTP requests, each one decided (not just the
+//! first on a keep-alive connection), and CONNECT tunnels. The request target's host is
+//! authoritative; a Host header naming another host is a denial.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::{Accepted, ConnGuard, Listener};
+use crate::budget::UploadGate;
+use crate::connect::{DialError, dial};
+use crate::forward::{ProxyBody, UpstreamHttp, denial, upstream_failure};
+use crate::host::Target;
+use crate::policy::Reason;
+use crate::state::{Attempt, Shared, bounded};
+use crate::tunnel;
+
+/// Refuses a connection over the cap with a 503 the client can read.
+pub async fn refuse(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\n\
+              Proxy-Status: egress-warden; error=connection_limit_reached; details=\"connection_limit\"\r\n\
+              Content-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    client: std::net::SocketAddr,
+    kill: Option<CancellationToken>,
+    /// Held by the connection and by any tunnel it hands off to.
+    guard: Arc<ConnGuard>,
+    /// The upstream of the previous plain-HTTP request, reused when the next one goes to the
+    /// same target (one client's connection never serves another client).
+    upstream: Mutex<Option<UpstreamHttp>>,
+}
+
+/// Serves one client connection until it closes, idles out or the run is terminated.
+pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
+    let config = &shared.config;
+    let conn = Arc::new(Conn {
+        shared: shared.clone(),
+        client: acc.client,
+        kill: acc.kill.clone(),
+        guard: Arc::new(acc.guard),
+        upstream: Mutex::new(None),
+    });
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.handshake)
+        .max_buf_size(config.max_header_bytes)
+        .max_headers(config.max_headers)
+        .serve_connection(TokioIo::new(acc.stream), service)
+        .with_upgrades();
+    tokio::pin!(http);
+    let killed = async {
+        match &acc.kill {
+            Some(kill) => kill.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(killed);
+    tokio::select! {
+        _ = &mut http => return,
+        () = &mut killed => {}
+        () = shared.drain.cancelled() => {
+            // Shutdown: an idle keep-alive connection closes now, a request in flight finishes.
+            http.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = &mut http => return,
+                () = &mut killed => {}
+            }
+        }
+    }
+    // Terminated: upstreams are already cut; let a response already produced (such as the 403
+    // of the violation itself) reach the client, then close.
+    http.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(config.timeouts.termination_drain, http).await;
+}
+
+impl Conn {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let mut a = Attempt::new(Listener::Http, Some(self.client));
+        a.method = Some(bounded(req.method().as_str()));
+        if shared.enforcer.is_terminated() {
+            if let Some(auth) = req.uri().authority() {
+                a.set_host(auth.host());
+                a.port = auth.port_u16();
+            }
+            return self.refuse(a, Reason::RunTerminated, None, "request refused").await;
+        }
+        if req.method() == Method::CONNECT {
+            self.connect(a, req).await
+        } else {
+            self.plain(a, req).await
+        }
+    }
+
+    /// Records a refusal and builds the response telling the client why.
+    async fn refuse(&self, mut a: Attempt, reason: Reason, detail: Option<String>, what: &str) -> Response<ProxyBody> {
+        if let Some(d) = detail {
+            a.set_detail(d);
+        }
+        if a.ruling.is_none() {
+            a.deny(&self.shared, reason);
+        }
+        self.shared.finish(a).await;
+        denial(&self.shared, reason, what)
+    }
+
+    async fn dial_failed(&self, mut a: Attempt, err: DialError, what: &str) -> Response<ProxyBody> {
+        match err.denial() {
+            Some(Reason::ResolveFailed) => {
+                a.error = Some(err.kind());
+                self.refuse(a, Reason::ResolveFailed, Some(err.to_string()), what).await
+            }
+            Some(reason) => self.refuse(a, reason, None, what).await,
+            None => {
+                a.error = Some(err.kind());
+                a.set_detail(err.to_string());
+                self.shared.finish(a).await;
+                upstream_failure(&self.shared, err.kind(), what)
+            }
+        }
+    }
+
+    async fn connect(&self, mut a: Attempt, req: Request<Incoming>) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        let Some(auth) = req.uri().authority().cloned() else {
+            return self.refuse(a, Reason::MalformedRequest, Some("CONNECT without host:port".into()), "CONNECT").await;
+        };
+        a.set_host(auth.host());
+        a.port = auth.port_u16();
+        let what = format!("CONNECT {auth}");
+        let target = match Target::parse_authority(auth.as_str()) {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = if e.is_noncanonical_ip() { Reason::NoncanonicalIp } else { Reason::MalformedRequest };
+                return self.refuse(a, reason, Some(e.to_string()), &what).await;
+            }
+        };
+        a.set_host(&target.host.to_string());
+        a.port = Some(target.port);
+        let policy = shared.policy();
+        let decision = policy.decide(&target);
+        if !a.decide(shared, &decision).proceeds() {
+            return self.refuse(a, decision.reason, None, &what).await;
+        }
+        let upstream = match dial(shared, &policy, &target, &mut a).await {
+            Ok(u) => u,
+            Err(e) => return self.dial_failed(a, e, &what).await,
+        };
+        let on_upgrade = hyper::upgrade::on(req);
+        let (shared2, kill, guard) = (shared.clone(), self.kill.clone(), self.guard.clone());
+        shared.tasks.spawn(async move {
+            let _guard = guard;
+            let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+                Ok(Ok(parts)) => parts,
+                _ => {
+                    a.error = Some("upgrade_failed");
+                    shared2.finish(a).await;
+                    return;
+                }
+            };
+            let buffered = BytesMut::from(&parts.read_buf[..]);
+            tunnel::run(shared2, policy, a, parts.io.into_inner(), buffered, upstream, target, kill).await;
+        });
+        Response::new(ProxyBody::empty())
+    }
+
+    async fn plain(&self, mut a: Attempt, req: Request<Incoming>) -> Response<ProxyBody> {
+        let shared = &self.shared;
+        if let Some(auth) = req.uri().authority() {
+            a.set_host(auth.host());
+            a.port = Some(auth.port_u16().unwrap_or(80));
+        }
+        let what = format!("{} {}", req.method(), a.host.as_deref().unwrap_or("(no host)"));
+        let target = match request_target(&req) {
+            Ok(t) => t,
+            Err((reason, detail)) => return self.refuse(a, reason, Some(detail), &what).await,
+        };
+        a.set_host(&target.host.to_string());
+        a.port = Some(target.port);
+        let policy = shared.policy();
+        let decision = policy.decide(&target);
+        if !a.decide(shared, &decision).proceeds() {
+            return self.refuse(a, decision.reason, None, &what).await;
+        }
+        let authority = req.uri().authority().map(|x| x.as_str().to_owned()).unwrap_or_default();
+        let mut slot = self.upstream.lock().await;
+        let reusable = slot.as_ref().is_some_and(|u| {
+            u.target == target
+                && u.is_usable()
+                && (u.rule.is_none() || policy.check_resolved(u.addr.ip(), target.port, u.rule.as_ref()).is_allow())
+        });
+        if !reusable {
+            *slot = None;
+            let upstream = match dial(shared, &policy, &target, &mut a).await {
+                Ok(u) => u,
+                Err(e) => return self.dial_failed(a, e, &what).await,
+            };
+            let gate = Arc::new(UploadGate::new(shared.budgets.charge_for(upstream.rule.as_deref())));
+            let addr = upstream.addr;
+            match UpstreamHttp::start(shared, Listener::Http, target.clone(), upstream.stream, upstream.rule, gate, self.kill.clone()).await {
+                Ok(u) => *slot = Some(u),
+                Err(_) => {
+                    a.ip = Some(addr.ip());
+                    a.error = Some("upstream_error");
+                    shared.finish(a).await;
+                    return upstream_failure(shared, "upstream_error", &what);
+                }
+            }
+        }
+        let up = slot.as_mut().expect("set above");
+        if let Some(rule) = &up.rule {
+            a.rule = Some(rule.clone());
+        }
+        up.forward(shared, Some(a), req, &authority).await
+    }
+}
+
+/// The target of an absolute-form plain-HTTP request, after checking the Host header agrees.
+fn request_target(req: &Request<Incoming>) -> Result<Target, (Reason, String)> {
+    let uri = req.uri();
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(s) => {
+            return Err((Reason::UnsupportedRequest, format!("{s}:// URLs are not proxied as plain HTTP; use CONNECT")));
+        }
+        None => {
+            return Err((Reason::MalformedRequest, "origin-form request: a proxy needs an absolute URI (http://host/...)".into()));
+        }
+    }
+    let auth = uri.authority().ok_or((Reason::MalformedRequest, "URI without a host".to_owned()))?;
+    if auth.as_str().contains('@') {
+        return Err((Reason::MalformedRequest, "user info in the request URI".into()));
+    }
+    let target = Target::parse_authority_or(auth.as_str(), 80).map_err(|e| {
+        let reason = if e.is_noncanonical_ip() { Reason::NoncanonicalIp } else { Reason::MalformedRequest };
+        (reason, e.to_string())
+    })?;
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err((Reason::MalformedRequest, "several Host headers".into()));
+    }
+    if let Some(value) = first {
+        let text = value.to_str().map_err(|_| (Reason::MalformedRequest, "Host header is not ASCII".to_owned()))?;
+        let agrees = Target::parse_authority_or(text, target.port).is_ok_and(|h| h.host == target.host);
+        if !agrees {
+            return Err((Reason::HostMismatch, format!("Host header {:?} disagrees with the request target {}", bounded(text), target.host)));
+        }
+    }
+    Ok(target)
+}

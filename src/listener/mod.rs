@@ -1,0 +1,106 @@
+//! The sandbox-facing listeners and what they share: the accept loop, the cap on concurrent
+//! connections (refused cleanly, with a record), and per-connection kill handling.
+
+pub mod http;
+pub mod socks;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::Reason;
+use crate::state::{Attempt, Shared};
+
+/// Which listener a connection arrived on (a metric label and an audit field).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Listener {
+    Http,
+    Socks,
+}
+
+impl Listener {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Listener::Http => "http",
+            Listener::Socks => "socks5",
+        }
+    }
+}
+
+/// Holds a connection's slot under the cap and its `connections_open` count; released when
+/// the last holder (the connection, or the tunnel it handed off to) drops it.
+pub struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// One accepted connection.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub client: SocketAddr,
+    pub guard: ConnGuard,
+    /// Cancelled when the run is terminated; `None` for connections accepted after
+    /// termination, which are only ever answered "run terminated".
+    pub kill: Option<CancellationToken>,
+}
+
+/// Accepts until `stop` is cancelled, spawning `handle` for each connection. Over the cap, a
+/// connection is refused with `refuse` (a short protocol-appropriate answer) and recorded.
+pub async fn accept_loop<H, F, R, RF>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: Listener,
+    stop: CancellationToken,
+    handle: H,
+    refuse: R,
+) where
+    H: Fn(Arc<Shared>, Accepted) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream) -> RF + Send + Sync + 'static,
+    RF: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = stop.cancelled() => return,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(listener = kind.as_str(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            let shared = shared.clone();
+            let refused = refuse(stream);
+            shared.clone().tasks.spawn(async move {
+                refused.await;
+                let mut a = Attempt::new(kind, Some(client));
+                a.deny(&shared, Reason::ConnectionLimit);
+                shared.finish(a).await;
+            });
+            continue;
+        };
+        let kill = (!shared.enforcer.is_terminated()).then(|| shared.enforcer.kill_token().clone());
+        let open = shared.metrics.open_gauge(kind);
+        open.inc();
+        let guard = ConnGuard { _permit: permit, open };
+        shared.tasks.spawn(handle(shared.clone(), Accepted { stream, client, guard, kill }));
+    }
+}

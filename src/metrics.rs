@@ -1,0 +1,227 @@
+//! Per-run Prometheus metrics. Every series carries `run_id` (a registry-wide label); every
+//! other label value comes from a closed enum (listener, verdict, reason, outcome) — never a
+//! hostname, path or port chosen by the sandbox.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::listener::Listener;
+use crate::policy::Reason;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    listener: &'static str,
+    verdict: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+/// Outcome of one DNS lookup made by the warden.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LookupOutcome {
+    Ok,
+    NotFound,
+    Timeout,
+    Error,
+}
+
+impl LookupOutcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LookupOutcome::Ok => "ok",
+            LookupOutcome::NotFound => "not_found",
+            LookupOutcome::Timeout => "timeout",
+            LookupOutcome::Error => "error",
+        }
+    }
+}
+
+/// All metric families of one run.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    sent: Family<ListenerLabels, Counter>,
+    received: Family<ListenerLabels, Counter>,
+    open: Family<ListenerLabels, Gauge>,
+    connect_seconds: Histogram,
+    lookups: Family<OutcomeLabels, Counter>,
+    violations: Family<ReasonLabels, Counter>,
+    terminated: Gauge,
+    reloads: Family<OutcomeLabels, Counter>,
+    policy_rules: Gauge,
+}
+
+impl Metrics {
+    pub fn new(run_id: &str) -> Self {
+        let labels = [(Cow::Borrowed("run_id"), Cow::Owned(run_id.to_owned()))];
+        let mut registry = Registry::with_prefix_and_labels("egress_warden", labels.into_iter());
+        let m = Self {
+            decisions: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            open: Family::default(),
+            connect_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            lookups: Family::default(),
+            violations: Family::default(),
+            terminated: Gauge::default(),
+            reloads: Family::default(),
+            policy_rules: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "decisions",
+            "Policy decisions by listener, verdict (allow, deny, report) and reason",
+            m.decisions.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_sent",
+            "Bytes sent upstream on behalf of the sandbox",
+            Unit::Bytes,
+            m.sent.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_received",
+            "Bytes received from upstream for the sandbox",
+            Unit::Bytes,
+            m.received.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections currently open",
+            m.open.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_connect_duration",
+            "Time to establish upstream TCP connections",
+            Unit::Seconds,
+            m.connect_seconds.clone(),
+        );
+        registry.register("dns_lookups", "DNS lookups made by the warden, by outcome", m.lookups.clone());
+        registry.register("violations", "Policy violations, by reason", m.violations.clone());
+        registry.register(
+            "run_terminated",
+            "1 once the run has been terminated by a violation",
+            m.terminated.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Allowlist reloads (SIGHUP), by result (ok, error)",
+            m.reloads.clone(),
+        );
+        registry.register("policy_rules", "Rules in the active policy", m.policy_rules.clone());
+        let build_info: Family<VersionLabels, Gauge> = Family::default();
+        build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "Build information (always 1)", build_info);
+        // Pre-create the series a dashboard or alert expects to see at zero.
+        m.terminated.set(0);
+        for outcome in ["ok", "error"] {
+            let _ = m.reloads.get_or_create(&OutcomeLabels { outcome });
+        }
+        Self { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn decision(&self, listener: Listener, verdict: &'static str, reason: Reason) {
+        self.decisions
+            .get_or_create(&DecisionLabels { listener: listener.as_str(), verdict, reason: reason.as_str() })
+            .inc();
+    }
+
+    /// The bytes-sent-upstream counter of a listener (kept by relays to count per chunk).
+    pub fn sent_counter(&self, listener: Listener) -> Counter {
+        self.sent.get_or_create(&ListenerLabels { listener: listener.as_str() }).clone()
+    }
+
+    /// The bytes-received-from-upstream counter of a listener.
+    pub fn received_counter(&self, listener: Listener) -> Counter {
+        self.received.get_or_create(&ListenerLabels { listener: listener.as_str() }).clone()
+    }
+
+    pub fn open_gauge(&self, listener: Listener) -> Gauge {
+        self.open.get_or_create(&ListenerLabels { listener: listener.as_str() }).clone()
+    }
+
+    pub fn connect_time(&self, d: Duration) {
+        self.connect_seconds.observe(d.as_secs_f64());
+    }
+
+    pub fn lookup(&self, outcome: LookupOutcome) {
+        self.lookups.get_or_create(&OutcomeLabels { outcome: outcome.as_str() }).inc();
+    }
+
+    pub fn violation(&self, reason: Reason) {
+        self.violations.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+    }
+
+    pub fn set_terminated(&self) {
+        self.terminated.set(1);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn set_policy_rules(&self, n: usize) {
+        self.policy_rules.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_carries_the_run_id() {
+        let m = Metrics::new("run-7");
+        m.decision(Listener::Http, "deny", Reason::DomainNotAllowed);
+        m.sent_counter(Listener::Socks).inc_by(10);
+        m.lookup(LookupOutcome::NotFound);
+        let text = m.encode();
+        let samples: Vec<_> = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        assert!(!samples.is_empty());
+        for line in samples {
+            assert!(line.contains("run_id=\"run-7\""), "{line}");
+        }
+        assert!(text.contains(
+            "egress_warden_decisions_total{run_id=\"run-7\",listener=\"http\",verdict=\"deny\",reason=\"domain_not_allowed\"} 1"
+        ), "{text}");
+        assert!(text.contains("egress_warden_upstream_sent_bytes_total{run_id=\"run-7\",listener=\"socks5\"} 10"), "{text}");
+        assert!(text.contains("egress_warden_run_terminated{run_id=\"run-7\"} 0"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}

@@ -52,11 +52,12 @@ pub struct Budgets {
     rules: Mutex<HashMap<String, Arc<Meter>>>,
 }
 
-/// The budgets one connection draws on.
+/// The budgets one connection draws on: the run's, and those of every rule that allowed it
+/// (a name rule, and an IP rule when the name resolved to a special address).
 #[derive(Debug, Clone, Default)]
 pub struct Charge {
     run: Option<Arc<Meter>>,
-    rule: Option<(Arc<Meter>, String)>,
+    rules: Vec<(Arc<Meter>, String)>,
 }
 
 impl Budgets {
@@ -64,30 +65,33 @@ impl Budgets {
         Self { run: run_cap.map(Meter::new), rules: Mutex::default() }
     }
 
-    /// The budgets a connection allowed by `rule` draws on.
-    pub fn charge_for(&self, rule: Option<&Rule>) -> Charge {
-        let rule = rule.and_then(|r| {
-            let cap = r.max_upload?;
-            let mut rules = self.rules.lock().expect("budget lock");
-            let meter = rules.entry(r.canonical()).or_insert_with(|| Meter::new(cap)).clone();
-            Some((meter, r.id.to_string()))
-        });
-        Charge { run: self.run.clone(), rule }
+    /// The budgets a connection allowed by `rules` draws on.
+    pub fn charge_for<'a>(&self, rules: impl IntoIterator<Item = &'a Rule>) -> Charge {
+        let mut charge = Charge { run: self.run.clone(), rules: Vec::new() };
+        for r in rules {
+            let Some(cap) = r.max_upload else { continue };
+            let mut meters = self.rules.lock().expect("budget lock");
+            let meter = meters.entry(r.canonical()).or_insert_with(|| Meter::new(cap)).clone();
+            if !charge.rules.iter().any(|(m, _)| Arc::ptr_eq(m, &meter)) {
+                charge.rules.push((meter, r.id.to_string()));
+            }
+        }
+        charge
     }
 }
 
 impl Charge {
     /// True when no budget applies (the relay can skip accounting).
     pub fn is_unlimited(&self) -> bool {
-        self.run.is_none() && self.rule.is_none()
+        self.run.is_none() && self.rules.is_empty()
     }
 
     /// Accounts `n` bytes about to be sent upstream; `Err` when that would exceed a budget.
     pub fn charge(&self, n: u64) -> Result<(), Exceeded> {
-        if let Some((meter, rule)) = &self.rule
-            && !meter.charge(n)
-        {
-            return Err(Exceeded::Rule { cap: meter.cap, rule: rule.clone() });
+        for (meter, rule) in &self.rules {
+            if !meter.charge(n) {
+                return Err(Exceeded::Rule { cap: meter.cap, rule: rule.clone() });
+            }
         }
         if let Some(meter) = &self.run
             && !meter.charge(n)
@@ -152,15 +156,19 @@ mod tests {
     fn rule_and_run_budgets_are_shared_across_connections() {
         let (rules, _) = parse_text("t.txt", "up.example max-upload=100\nfree.example\n");
         let budgets = Budgets::new(Some(1000));
-        let a = budgets.charge_for(Some(&rules[0]));
-        let b = budgets.charge_for(Some(&rules[0]));
+        let a = budgets.charge_for([&rules[0]]);
+        let b = budgets.charge_for([&rules[0], &rules[0]]);
         assert_eq!(a.charge(60), Ok(()));
         assert_eq!(b.charge(40), Ok(()));
         assert_eq!(a.charge(1), Err(Exceeded::Rule { cap: 100, rule: "t.txt:1".into() }));
-        let free = budgets.charge_for(Some(&rules[1]));
+        let free = budgets.charge_for([&rules[1]]);
         assert_eq!(free.charge(900), Ok(()));
         assert_eq!(free.charge(1), Err(Exceeded::Run { cap: 1000 }));
-        assert!(Budgets::new(None).charge_for(Some(&rules[1])).is_unlimited());
-        assert!(!budgets.charge_for(None).is_unlimited());
+        assert!(Budgets::new(None).charge_for([&rules[1]]).is_unlimited());
+        assert!(!budgets.charge_for([]).is_unlimited());
+        // A connection allowed by two budgeted rules is held to both.
+        let (two, _) = parse_text("u.txt", "n.example max-upload=1000\n10.0.0.0/8 max-upload=10\n");
+        let both = Budgets::new(None).charge_for([&two[0], &two[1]]);
+        assert_eq!(both.charge(11), Err(Exceeded::Rule { cap: 10, rule: "u.txt:2".into() }));
     }
 }

@@ -14,7 +14,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::allowlist::Rule;
 use crate::budget::UploadGate;
+use crate::config::Config;
 use crate::host::Target;
 use crate::listener::Listener;
 use crate::policy::Reason;
@@ -96,6 +97,23 @@ pub fn upstream_failure(shared: &Shared, kind: &'static str, what: &str) -> Resp
         rsp.headers_mut().insert(HeaderName::from_static("proxy-status"), v);
     }
     rsp
+}
+
+// === Builders ===
+
+/// The HTTP/1 server settings every sandbox-facing connection uses: bounded request heads
+/// (size and count) and a deadline for each head (`head_timeout`).
+pub fn server_builder(config: &Config, head_timeout: std::time::Duration) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .max_header_size(config.max_header_bytes)
+        .max_buf_size(config.max_header_bytes.max(64 * 1024) * 2);
+    // hyper keeps up to 100 headers on the stack and moves to the heap for any other limit.
+    if config.max_headers != 100 {
+        b.max_headers(config.max_headers);
+    }
+    b
 }
 
 // === Headers ===
@@ -237,10 +255,14 @@ impl UpstreamHttp {
             received: shared.metrics.received_counter(listener),
             credit: 0,
         };
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .max_buf_size(shared.config.max_header_bytes.max(8192) * 2)
-            .handshake(TokioIo::new(io))
-            .await?;
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        builder
+            .max_header_size(shared.config.max_header_bytes)
+            .max_buf_size(shared.config.max_header_bytes.max(64 * 1024) * 2);
+        if shared.config.max_headers != 100 {
+            builder.max_headers(shared.config.max_headers);
+        }
+        let (sender, conn) = builder.handshake(TokioIo::new(io)).await?;
         shared.tasks.spawn(async move {
             match kill {
                 Some(kill) => {

@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::UploadGate;
 use crate::connect::Upstream;
 use crate::enforce::Judgement;
-use crate::forward::{ProxyBody, UpstreamHttp, denial};
+use crate::forward::{ProxyBody, UpstreamHttp, denial, server_builder};
 use crate::host::{Host, Target};
 use crate::policy::{Policy, Reason};
 use crate::relay::{End, Relay, Traffic, write_all};
@@ -86,10 +86,8 @@ pub async fn run(
     kill: Option<CancellationToken>,
 ) {
     a.ip = Some(upstream.addr.ip());
-    if upstream.rule.is_some() {
-        a.rule = upstream.rule.clone();
-    }
-    let gate = Arc::new(UploadGate::new(shared.budgets.charge_for(upstream.rule.as_deref())));
+    let rules = a.rule.iter().chain(upstream.rule.iter()).map(|r| &**r);
+    let gate = Arc::new(UploadGate::new(shared.budgets.charge_for(rules)));
     let traffic = Traffic::default();
     let relay = Relay {
         sent: shared.metrics.sent_counter(a.listener),
@@ -258,11 +256,7 @@ async fn pinned_http(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(ctx.request(req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.timeouts.idle)
-        .max_buf_size(shared.config.max_header_bytes)
-        .max_headers(shared.config.max_headers)
+    let conn = server_builder(&shared.config, shared.config.timeouts.idle)
         .serve_connection(TokioIo::new(Prefixed { prefix, io: client }), service);
     let end = match kill {
         Some(k) => tokio::select! {

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Accepted, ConnGuard, Listener};
 use crate::budget::UploadGate;
 use crate::connect::{DialError, dial};
-use crate::forward::{ProxyBody, UpstreamHttp, denial, upstream_failure};
+use crate::forward::{ProxyBody, UpstreamHttp, denial, server_builder, upstream_failure};
 use crate::host::Target;
 use crate::policy::Reason;
 use crate::state::{Attempt, Shared, bounded};
@@ -60,11 +60,7 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
     });
-    let http = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.timeouts.handshake)
-        .max_buf_size(config.max_header_bytes)
-        .max_headers(config.max_headers)
+    let http = server_builder(config, config.timeouts.handshake)
         .serve_connection(TokioIo::new(acc.stream), service)
         .with_upgrades();
     tokio::pin!(http);
@@ -112,14 +108,17 @@ impl Conn {
         }
     }
 
-    /// Records a refusal and builds the response telling the client why.
+    /// Rules on a refusal for `reason`, records it and builds the response telling the client why.
     async fn refuse(&self, mut a: Attempt, reason: Reason, detail: Option<String>, what: &str) -> Response<ProxyBody> {
         if let Some(d) = detail {
             a.set_detail(d);
         }
-        if a.ruling.is_none() {
-            a.deny(&self.shared, reason);
-        }
+        a.deny(&self.shared, reason);
+        self.refused(a, reason, what).await
+    }
+
+    /// Records a refusal already ruled on and builds the response.
+    async fn refused(&self, a: Attempt, reason: Reason, what: &str) -> Response<ProxyBody> {
         self.shared.finish(a).await;
         denial(&self.shared, reason, what)
     }
@@ -130,7 +129,8 @@ impl Conn {
                 a.error = Some(err.kind());
                 self.refuse(a, Reason::ResolveFailed, Some(err.to_string()), what).await
             }
-            Some(reason) => self.refuse(a, reason, None, what).await,
+            // Every resolved address was refused: `dial` already ruled on it.
+            Some(reason) => self.refused(a, reason, what).await,
             None => {
                 a.error = Some(err.kind());
                 a.set_detail(err.to_string());
@@ -160,7 +160,7 @@ impl Conn {
         let policy = shared.policy();
         let decision = policy.decide(&target);
         if !a.decide(shared, &decision).proceeds() {
-            return self.refuse(a, decision.reason, None, &what).await;
+            return self.refused(a, decision.reason, &what).await;
         }
         let upstream = match dial(shared, &policy, &target, &mut a).await {
             Ok(u) => u,
@@ -200,7 +200,7 @@ impl Conn {
         let policy = shared.policy();
         let decision = policy.decide(&target);
         if !a.decide(shared, &decision).proceeds() {
-            return self.refuse(a, decision.reason, None, &what).await;
+            return self.refused(a, decision.reason, &what).await;
         }
         let authority = req.uri().authority().map(|x| x.as_str().to_owned()).unwrap_or_default();
         let mut slot = self.upstream.lock().await;
@@ -215,7 +215,8 @@ impl Conn {
                 Ok(u) => u,
                 Err(e) => return self.dial_failed(a, e, &what).await,
             };
-            let gate = Arc::new(UploadGate::new(shared.budgets.charge_for(upstream.rule.as_deref())));
+            let rules = a.rule.iter().chain(upstream.rule.iter()).map(|r| &**r);
+            let gate = Arc::new(UploadGate::new(shared.budgets.charge_for(rules)));
             let addr = upstream.addr;
             match UpstreamHttp::start(shared, Listener::Http, target.clone(), upstream.stream, upstream.rule, gate, self.kill.clone()).await {
                 Ok(u) => *slot = Some(u),
@@ -228,9 +229,6 @@ impl Conn {
             }
         }
         let up = slot.as_mut().expect("set above");
-        if let Some(rule) = &up.rule {
-            a.rule = Some(rule.clone());
-        }
         up.forward(shared, Some(a), req, &authority).await
     }
 }

@@ -189,13 +189,14 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         }
     };
     a.port = Some(port);
-    let refuse = |mut a: Attempt, reason: Reason, reply: Reply, detail: Option<String>| {
+    // Rules on a refusal (unless `dial` already did), records it, and returns the reply.
+    let refuse = |mut a: Attempt, reason: Option<Reason>, reply: Reply, detail: Option<String>| {
         let shared = shared.clone();
         async move {
             if let Some(d) = detail {
                 a.set_detail(d);
             }
-            if a.ruling.is_none() {
+            if let Some(reason) = reason {
                 a.deny(&shared, reason);
             }
             shared.finish(a).await;
@@ -206,7 +207,7 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         Ok(h) => h,
         Err(e) => {
             let reason = if e.is_noncanonical_ip() { Reason::NoncanonicalIp } else { Reason::MalformedRequest };
-            let reply = refuse(a, reason, Reply::NotAllowed, Some(e.to_string())).await;
+            let reply = refuse(a, Some(reason), Reply::NotAllowed, Some(e.to_string())).await;
             let _ = send_reply(&mut stream, reply, None).await;
             return;
         }
@@ -214,14 +215,14 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     let target = Target::new(host, port);
     a.set_host(&target.host.to_string());
     if shared.enforcer.is_terminated() {
-        let reply = refuse(a, Reason::RunTerminated, Reply::NotAllowed, None).await;
+        let reply = refuse(a, Some(Reason::RunTerminated), Reply::NotAllowed, None).await;
         let _ = send_reply(&mut stream, reply, None).await;
         return;
     }
     let policy = shared.policy();
     let decision = policy.decide(&target);
     if !a.decide(&shared, &decision).proceeds() {
-        let reply = refuse(a, decision.reason, Reply::NotAllowed, None).await;
+        let reply = refuse(a, None, Reply::NotAllowed, None).await;
         let _ = send_reply(&mut stream, reply, None).await;
         return;
     }
@@ -230,8 +231,13 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         Err(e) => {
             let reply = dial_reply(&e);
             match e.denial() {
-                Some(reason) => {
-                    refuse(a, reason, reply, Some(e.to_string())).await;
+                Some(Reason::ResolveFailed) => {
+                    a.error = Some(e.kind());
+                    refuse(a, Some(Reason::ResolveFailed), reply, Some(e.to_string())).await;
+                }
+                // Every resolved address was refused: `dial` already ruled on it.
+                Some(_) => {
+                    refuse(a, None, reply, None).await;
                 }
                 None => {
                     a.error = Some(e.kind());

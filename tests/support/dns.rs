@@ -1,0 +1,107 @@
+//! An in-test DNS server on loopback (UDP and TCP on one port): answers A/AAAA from a table
+//! the test controls and records every question, so tests can assert what was looked up.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+type Table = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
+
+pub struct FakeDns {
+    pub addr: SocketAddr,
+    table: Table,
+    questions: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeDns {
+    /// Serves `records` (name → addresses); other names get NXDOMAIN.
+    pub async fn start(records: &[(&str, &[&str])]) -> Self {
+        let table: Table = Arc::new(Mutex::new(HashMap::new()));
+        for (name, addrs) in records {
+            table.lock().unwrap().insert(name.to_string(), addrs.iter().map(|a| a.parse().unwrap()).collect());
+        }
+        let questions = Arc::new(Mutex::new(Vec::new()));
+        // UDP and TCP on the same port: retry until both binds succeed.
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        let (t, q) = (table.clone(), questions.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = udp.recv_from(&mut buf).await else { return };
+                if let Some(rsp) = answer(&buf[..n], &t, &q) {
+                    let _ = udp.send_to(&rsp, peer).await;
+                }
+            }
+        });
+        let (t, q) = (table.clone(), questions.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = tcp.accept().await else { return };
+                let (t, q) = (t.clone(), q.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(len) = s.read_u16().await else { return };
+                        let mut msg = vec![0u8; usize::from(len)];
+                        if s.read_exact(&mut msg).await.is_err() {
+                            return;
+                        }
+                        let Some(rsp) = answer(&msg, &t, &q) else { return };
+                        let _ = s.write_u16(rsp.len() as u16).await;
+                        let _ = s.write_all(&rsp).await;
+                    }
+                });
+            }
+        });
+        Self { addr, table, questions }
+    }
+
+    /// Replaces the addresses of `name`.
+    pub fn set(&self, name: &str, addrs: &[&str]) {
+        self.table.lock().unwrap().insert(name.into(), addrs.iter().map(|a| a.parse().unwrap()).collect());
+    }
+
+    /// Every name asked for so far (lower case, no trailing dot).
+    pub fn questions(&self) -> Vec<String> {
+        self.questions.lock().unwrap().clone()
+    }
+}
+
+fn answer(query: &[u8], table: &Table, questions: &Arc<Mutex<Vec<String>>>) -> Option<Vec<u8>> {
+    let msg = Message::from_vec(query).ok()?;
+    let mut rsp = Message::response(msg.metadata.id, OpCode::Query);
+    rsp.metadata.message_type = MessageType::Response;
+    rsp.metadata.recursion_desired = msg.metadata.recursion_desired;
+    rsp.metadata.recursion_available = true;
+    let mut known = false;
+    for q in &msg.queries {
+        let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        questions.lock().unwrap().push(name.clone());
+        rsp.add_query(q.clone());
+        let Some(addrs) = table.lock().unwrap().get(&name).cloned() else { continue };
+        known = true;
+        for ip in addrs {
+            let rdata = match (ip, q.query_type()) {
+                (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
+                (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
+                _ => continue,
+            };
+            rsp.add_answer(Record::from_rdata(q.name().clone(), 1, rdata));
+        }
+    }
+    if !known {
+        rsp.metadata.response_code = ResponseCode::NXDomain;
+    }
+    rsp.to_vec().ok()
+}

@@ -23,8 +23,10 @@ const MAX_ADMIN_CONNECTIONS: usize = 64;
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut rsp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *rsp.status_mut() = status;
-    rsp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     rsp
 }
 
@@ -37,7 +39,9 @@ fn route(shared: &Shared, ready: &AtomicBool, req: &Request<Incoming>) -> Respon
             let mut rsp = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             rsp
         }
@@ -47,12 +51,20 @@ fn route(shared: &Shared, ready: &AtomicBool, req: &Request<Incoming>) -> Respon
         }
         "/readyz" if ready.load(Ordering::SeqCst) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
     }
 }
 
 /// Serves the admin endpoints until `stop` is cancelled.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, ready: Arc<AtomicBool>, stop: CancellationToken) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let permit = tokio::select! {

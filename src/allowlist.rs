@@ -177,9 +177,13 @@ pub struct ParseError {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseErrorKind {
-    #[error("{0:?} would allow every host; list the names you need, or a subdomain wildcard such as '*.example.com'")]
+    #[error(
+        "{0:?} would allow every host; list the names you need, or a subdomain wildcard such as '*.example.com'"
+    )]
     MatchesEverything(String),
-    #[error("{0:?}: '*' is only allowed as a whole leading label; write '*.example.com' to allow any subdomain of example.com")]
+    #[error(
+        "{0:?}: '*' is only allowed as a whole leading label; write '*.example.com' to allow any subdomain of example.com"
+    )]
     BadWildcard(String),
     #[error("{0:?} is a URL; write only the host (and port), e.g. {1:?}")]
     Url(String, String),
@@ -187,25 +191,35 @@ pub enum ParseErrorKind {
     Path(String, String),
     #[error("{0:?} has user info; write only the host, e.g. {1:?}")]
     UserInfo(String, String),
-    #[error("unexpected {0:?} after the rule; write one rule per line (attributes are key=value, e.g. max-upload=10MiB)")]
+    #[error(
+        "unexpected {0:?} after the rule; write one rule per line (attributes are key=value, e.g. max-upload=10MiB)"
+    )]
     Trailing(String),
     #[error("{0:?} is not a valid hostname: {1}")]
     BadName(String, NameError),
-    #[error("{0:?} is not a canonical IP address; write it as dotted decimal (e.g. 127.0.0.1) or a CIDR")]
+    #[error(
+        "{0:?} is not a canonical IP address; write it as dotted decimal (e.g. 127.0.0.1) or a CIDR"
+    )]
     NonCanonicalIp(String),
-    #[error("invalid port {0:?}; write a port 1-65535, a range such as 8000-8999 (low-high), or '*' for any port")]
+    #[error(
+        "invalid port {0:?}; write a port 1-65535, a range such as 8000-8999 (low-high), or '*' for any port"
+    )]
     BadPort(String),
     #[error("{0:?} has host bits set; write the network address: {1:?}")]
     HostBits(String, String),
     #[error("{0:?} is not a valid IP address or CIDR")]
     BadNet(String),
-    #[error("IPv6 address {0:?} must be in brackets, e.g. '[2001:db8::1]' or '[2001:db8::1]:443' (only a bare network such as 2001:db8::/32 is unambiguous)")]
+    #[error(
+        "IPv6 address {0:?} must be in brackets, e.g. '[2001:db8::1]' or '[2001:db8::1]:443' (only a bare network such as 2001:db8::/32 is unambiguous)"
+    )]
     UnbracketedV6(String),
     #[error("{0:?} is an IPv4-mapped IPv6 address; write the IPv4 form {1:?}")]
     MappedV6(String, String),
     #[error("unknown attribute {0:?}; the only attribute is max-upload=SIZE")]
     UnknownAttribute(String),
-    #[error("invalid size {0:?} for max-upload; write bytes, or a number with KiB, MiB, GiB or TiB (e.g. 10MiB)")]
+    #[error(
+        "invalid size {0:?} for max-upload; write bytes, or a number with KiB, MiB, GiB or TiB (e.g. 10MiB)"
+    )]
     BadSize(String),
     #[error("line is longer than {MAX_LINE_BYTES} bytes")]
     LineTooLong,
@@ -218,7 +232,11 @@ pub fn parse_text(label: &str, text: &str) -> (Vec<Rule>, Vec<ParseError>) {
     let mut errors = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
-        let err = |kind| ParseError { path: label.to_owned(), line, kind };
+        let err = |kind| ParseError {
+            path: label.to_owned(),
+            line,
+            kind,
+        };
         if raw.len() > MAX_LINE_BYTES {
             errors.push(err(ParseErrorKind::LineTooLong));
             continue;
@@ -361,7 +379,10 @@ fn parse_ports(p: &str) -> Result<Ports, ParseErrorKind> {
     }
     match p.split_once('-') {
         Some((lo, hi)) => {
-            let (lo, hi) = (parse_port(lo).ok_or_else(bad)?, parse_port(hi).ok_or_else(bad)?);
+            let (lo, hi) = (
+                parse_port(lo).ok_or_else(bad)?,
+                parse_port(hi).ok_or_else(bad)?,
+            );
             if lo > hi {
                 return Err(bad());
             }
@@ -397,7 +418,10 @@ pub enum LoadError {
 pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
     for path in paths {
-        let io = |source| LoadError::Io { path: path.clone(), source };
+        let io = |source| LoadError::Io {
+            path: path.clone(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
             let mut found = Vec::new();
@@ -436,10 +460,15 @@ pub fn load(paths: &[PathBuf]) -> Result<RuleSet, LoadError> {
 }
 
 fn read_bounded(path: &Path) -> Result<String, LoadError> {
-    let io = |source| LoadError::Io { path: path.to_owned(), source };
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(LoadError::TooLarge { path: path.to_owned() });
+        return Err(LoadError::TooLarge {
+            path: path.to_owned(),
+        });
     }
     std::fs::read_to_string(path).map_err(io)
 }
@@ -463,17 +492,37 @@ mod tests {
             ("example.com", "example.com", Ports::Web),
             ("Example.COM.", "example.com", Ports::Web),
             ("*.example.com", "*.example.com", Ports::Web),
-            ("*.Bücher.example:443", "*.xn--bcher-kva.example:443", Ports::Range(443, 443)),
-            ("example.com:8000-8999", "example.com:8000-8999", Ports::Range(8000, 8999)),
+            (
+                "*.Bücher.example:443",
+                "*.xn--bcher-kva.example:443",
+                Ports::Range(443, 443),
+            ),
+            (
+                "example.com:8000-8999",
+                "example.com:8000-8999",
+                Ports::Range(8000, 8999),
+            ),
             ("example.com:*", "example.com:*", Ports::Any),
             ("10.0.0.0/8", "10.0.0.0/8", Ports::Web),
-            ("10.0.0.0/8:5432", "10.0.0.0/8:5432", Ports::Range(5432, 5432)),
+            (
+                "10.0.0.0/8:5432",
+                "10.0.0.0/8:5432",
+                Ports::Range(5432, 5432),
+            ),
             ("203.0.113.7:*", "203.0.113.7:*", Ports::Any),
             ("2001:db8::/32", "2001:db8::/32", Ports::Web),
             ("[2001:db8::1]", "[2001:db8::1]", Ports::Web),
-            ("[2001:DB8::1]:443", "[2001:db8::1]:443", Ports::Range(443, 443)),
+            (
+                "[2001:DB8::1]:443",
+                "[2001:db8::1]:443",
+                Ports::Range(443, 443),
+            ),
             ("[2001:db8::/32]:*", "[2001:db8::/32]:*", Ports::Any),
-            ("uploads.example.com max-upload=10MiB", "uploads.example.com max-upload=10485760", Ports::Web),
+            (
+                "uploads.example.com max-upload=10MiB",
+                "uploads.example.com max-upload=10485760",
+                Ports::Web,
+            ),
             ("  pypi.org   # the index", "pypi.org", Ports::Web),
         ];
         assert!(!cases.is_empty());
@@ -492,38 +541,137 @@ mod tests {
         use ParseErrorKind as K;
         type Case = (&'static str, fn(&K) -> bool, &'static str);
         let cases: &[Case] = &[
-            ("*", |k| matches!(k, K::MatchesEverything(_)), "would allow every host"),
-            ("*.", |k| matches!(k, K::MatchesEverything(_)), "would allow every host"),
-            ("*:443", |k| matches!(k, K::MatchesEverything(_)), "would allow every host"),
-            ("foo*.com", |k| matches!(k, K::BadWildcard(_)), "whole leading label"),
-            ("a.*.com", |k| matches!(k, K::BadWildcard(_)), "whole leading label"),
-            ("foo.*", |k| matches!(k, K::BadWildcard(_)), "whole leading label"),
-            ("*.*.com", |k| matches!(k, K::BadWildcard(_)), "whole leading label"),
-            ("https://example.com/simple", |k| matches!(k, K::Url(_, h) if h == "example.com"), "\"example.com\""),
-            ("example.com/simple", |k| matches!(k, K::Path(_, h) if h == "example.com"), "rules name hosts"),
-            ("user@example.com", |k| matches!(k, K::UserInfo(_, h) if h == "example.com"), "user info"),
-            ("foo bar.com", |k| matches!(k, K::Trailing(t) if t == "bar.com"), "one rule per line"),
-            ("ex_ample!.com", |k| matches!(k, K::BadName(..)), "not a valid hostname"),
-            ("0177.0.0.1", |k| matches!(k, K::NonCanonicalIp(_)), "dotted decimal"),
-            ("2130706433", |k| matches!(k, K::NonCanonicalIp(_)), "dotted decimal"),
+            (
+                "*",
+                |k| matches!(k, K::MatchesEverything(_)),
+                "would allow every host",
+            ),
+            (
+                "*.",
+                |k| matches!(k, K::MatchesEverything(_)),
+                "would allow every host",
+            ),
+            (
+                "*:443",
+                |k| matches!(k, K::MatchesEverything(_)),
+                "would allow every host",
+            ),
+            (
+                "foo*.com",
+                |k| matches!(k, K::BadWildcard(_)),
+                "whole leading label",
+            ),
+            (
+                "a.*.com",
+                |k| matches!(k, K::BadWildcard(_)),
+                "whole leading label",
+            ),
+            (
+                "foo.*",
+                |k| matches!(k, K::BadWildcard(_)),
+                "whole leading label",
+            ),
+            (
+                "*.*.com",
+                |k| matches!(k, K::BadWildcard(_)),
+                "whole leading label",
+            ),
+            (
+                "https://example.com/simple",
+                |k| matches!(k, K::Url(_, h) if h == "example.com"),
+                "\"example.com\"",
+            ),
+            (
+                "example.com/simple",
+                |k| matches!(k, K::Path(_, h) if h == "example.com"),
+                "rules name hosts",
+            ),
+            (
+                "user@example.com",
+                |k| matches!(k, K::UserInfo(_, h) if h == "example.com"),
+                "user info",
+            ),
+            (
+                "foo bar.com",
+                |k| matches!(k, K::Trailing(t) if t == "bar.com"),
+                "one rule per line",
+            ),
+            (
+                "ex_ample!.com",
+                |k| matches!(k, K::BadName(..)),
+                "not a valid hostname",
+            ),
+            (
+                "0177.0.0.1",
+                |k| matches!(k, K::NonCanonicalIp(_)),
+                "dotted decimal",
+            ),
+            (
+                "2130706433",
+                |k| matches!(k, K::NonCanonicalIp(_)),
+                "dotted decimal",
+            ),
             ("example.com:0", |k| matches!(k, K::BadPort(_)), "1-65535"),
-            ("example.com:70000", |k| matches!(k, K::BadPort(_)), "1-65535"),
-            ("example.com:9-1", |k| matches!(k, K::BadPort(_)), "low-high"),
+            (
+                "example.com:70000",
+                |k| matches!(k, K::BadPort(_)),
+                "1-65535",
+            ),
+            (
+                "example.com:9-1",
+                |k| matches!(k, K::BadPort(_)),
+                "low-high",
+            ),
             ("example.com:", |k| matches!(k, K::BadPort(_)), "1-65535"),
-            ("10.0.0.1/8", |k| matches!(k, K::HostBits(_, f) if f == "10.0.0.0/8"), "\"10.0.0.0/8\""),
-            ("10.0.0.0/33", |k| matches!(k, K::BadNet(_)), "not a valid IP"),
-            ("2001:db8::1:443", |k| matches!(k, K::UnbracketedV6(_)), "in brackets"),
-            ("2001:db8::1", |k| matches!(k, K::UnbracketedV6(_)), "in brackets"),
-            ("2001:db8::zz", |k| matches!(k, K::UnbracketedV6(_)), "in brackets"),
-            ("[::ffff:10.0.0.1]", |k| matches!(k, K::MappedV6(_, f) if f == "10.0.0.1"), "IPv4 form"),
-            ("example.com colour=red", |k| matches!(k, K::UnknownAttribute(_)), "max-upload"),
-            ("example.com max-upload=10MB", |k| matches!(k, K::BadSize(_)), "MiB"),
+            (
+                "10.0.0.1/8",
+                |k| matches!(k, K::HostBits(_, f) if f == "10.0.0.0/8"),
+                "\"10.0.0.0/8\"",
+            ),
+            (
+                "10.0.0.0/33",
+                |k| matches!(k, K::BadNet(_)),
+                "not a valid IP",
+            ),
+            (
+                "2001:db8::1:443",
+                |k| matches!(k, K::UnbracketedV6(_)),
+                "in brackets",
+            ),
+            (
+                "2001:db8::1",
+                |k| matches!(k, K::UnbracketedV6(_)),
+                "in brackets",
+            ),
+            (
+                "2001:db8::zz",
+                |k| matches!(k, K::UnbracketedV6(_)),
+                "in brackets",
+            ),
+            (
+                "[::ffff:10.0.0.1]",
+                |k| matches!(k, K::MappedV6(_, f) if f == "10.0.0.1"),
+                "IPv4 form",
+            ),
+            (
+                "example.com colour=red",
+                |k| matches!(k, K::UnknownAttribute(_)),
+                "max-upload",
+            ),
+            (
+                "example.com max-upload=10MB",
+                |k| matches!(k, K::BadSize(_)),
+                "MiB",
+            ),
         ];
         assert!(!cases.is_empty());
         for (line, is_expected, text) in cases {
             let err = one(line).expect_err(line);
             assert!(is_expected(&err), "line {line:?}: got {err:?}");
-            assert!(err.to_string().contains(text), "line {line:?}: message {err} lacks {text:?}");
+            assert!(
+                err.to_string().contains(text),
+                "line {line:?}: message {err} lacks {text:?}"
+            );
         }
     }
 
@@ -536,6 +684,27 @@ mod tests {
         let lines: Vec<_> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [3, 5]);
         assert!(errors[0].to_string().starts_with("allowlists/x.txt:3: "));
+    }
+
+    #[test]
+    fn every_shipped_allowlist_loads_and_says_what_it_enables() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("allowlists");
+        let files = expand_paths(std::slice::from_ref(&dir)).unwrap();
+        assert!(
+            files.len() >= 7,
+            "too few shipped allowlists in {}: {files:?}",
+            dir.display()
+        );
+        for file in &files {
+            let set = load(std::slice::from_ref(file)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!set.rules.is_empty(), "{} has no rules", file.display());
+            let text = std::fs::read_to_string(file).unwrap();
+            assert!(
+                text.starts_with("# "),
+                "{} lacks a header comment",
+                file.display()
+            );
+        }
     }
 
     #[test]

@@ -74,7 +74,9 @@ fn start(options: &Options, command: Option<Vec<OsString>>) -> i32 {
     };
     init_tracing(&config.log);
     if config.dns_upstream.is_none() {
-        tracing::warn!("no DNS upstream (--dns-upstream, /etc/resolv.conf): every name will fail to resolve");
+        tracing::warn!(
+            "no DNS upstream (--dns-upstream, /etc/resolv.conf): every name will fail to resolve"
+        );
     }
     let policy = Policy::new(rules);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -92,13 +94,22 @@ fn start(options: &Options, command: Option<Vec<OsString>>) -> i32 {
 
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
 }
 
 async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
-    socket.bind(addr).map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    socket
+        .bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     socket.listen(BACKLOG)
 }
 
@@ -190,7 +201,11 @@ enum Ending {
 }
 
 fn file_names(policy: &Policy) -> Vec<String> {
-    policy.files().iter().map(|p| p.display().to_string()).collect()
+    policy
+        .files()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -> i32 {
@@ -213,14 +228,19 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
             return EXIT_FAILURE;
         }
     };
-    let (Ok(mut sigterm), Ok(mut sigint), Ok(mut sighup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut sigterm), Ok(mut sigint), Ok(mut sighup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         eprintln!("egress-warden: cannot install signal handlers");
         return EXIT_FAILURE;
     };
     let addrs = Addresses {
-        http: bound.http.local_addr().expect("bound socket has an address"),
+        http: bound
+            .http
+            .local_addr()
+            .expect("bound socket has an address"),
         socks: bound.socks.as_ref().and_then(|l| l.local_addr().ok()),
         admin: bound.admin.as_ref().and_then(|l| l.local_addr().ok()),
     };
@@ -272,12 +292,27 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
     }
     ready.store(true, Ordering::SeqCst);
     if let Some(path) = &config.ready_file {
-        let json = serde_json::to_vec(&ReadyFile { addrs: &addrs, pid: std::process::id(), run_id: &config.run_id })
-            .expect("ready file serialises");
+        let json = serde_json::to_vec(&ReadyFile {
+            addrs: &addrs,
+            pid: std::process::id(),
+            run_id: &config.run_id,
+        })
+        .expect("ready file serialises");
         if let Err(e) = write_atomically(path, &json) {
-            eprintln!("egress-warden: cannot write ready file {}: {e}", path.display());
+            eprintln!(
+                "egress-warden: cannot write ready file {}: {e}",
+                path.display()
+            );
             stop.cancel();
-            return finish(&shared, &audit, audit_thread, started, EXIT_FAILURE, "failed").await;
+            return finish(
+                &shared,
+                &audit,
+                audit_thread,
+                started,
+                EXIT_FAILURE,
+                "failed",
+            )
+            .await;
         }
     }
 
@@ -287,7 +322,15 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
             Err(e) => {
                 eprintln!("egress-warden: {e}");
                 stop.cancel();
-                return finish(&shared, &audit, audit_thread, started, EXIT_FAILURE, "failed").await;
+                return finish(
+                    &shared,
+                    &audit,
+                    audit_thread,
+                    started,
+                    EXIT_FAILURE,
+                    "failed",
+                )
+                .await;
             }
         },
         None => None,
@@ -367,7 +410,10 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
     stop.cancel();
     shared.drain.cancel();
     shared.tasks.close();
-    if tokio::time::timeout(config.timeouts.drain, shared.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(config.timeouts.drain, shared.tasks.wait())
+        .await
+        .is_err()
+    {
         shared.enforcer.kill_token().cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.tasks.wait()).await;
     }
@@ -408,7 +454,10 @@ async fn finish(
             allowlists: file_names(&policy),
         };
         if let Err(e) = shared.summary.write(path, &info) {
-            eprintln!("egress-warden: cannot write summary {}: {e}", path.display());
+            eprintln!(
+                "egress-warden: cannot write summary {}: {e}",
+                path.display()
+            );
             if code == EXIT_OK {
                 code = EXIT_FAILURE;
             }
@@ -424,7 +473,13 @@ async fn finish(
             exit_code: code,
             violations: shared.summary.violations_total(),
             termination_reason: termination.map(|r| r.as_str()),
-            duration_ms: u64::try_from(ended.duration_since(started).unwrap_or_default().as_millis()).unwrap_or(u64::MAX),
+            duration_ms: u64::try_from(
+                ended
+                    .duration_since(started)
+                    .unwrap_or_default()
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
         })
         .await;
     audit.close().await;
@@ -436,7 +491,8 @@ async fn finish(
 /// logged, counted and audited.
 async fn reload(shared: &Shared) {
     let paths = shared.config.allowlists.clone();
-    let loaded = tokio::task::spawn_blocking(move || allowlist::load(&paths).map(Policy::new)).await;
+    let loaded =
+        tokio::task::spawn_blocking(move || allowlist::load(&paths).map(Policy::new)).await;
     let (result, error) = match loaded {
         Ok(Ok(policy)) => {
             shared.swap_policy(policy);
@@ -448,8 +504,14 @@ async fn reload(shared: &Shared) {
     let policy = shared.policy();
     shared.metrics.reload(error.is_none());
     match &error {
-        None => tracing::info!(policy = policy.sha256(), rules = policy.rules().len(), "allowlists reloaded"),
-        Some(e) => tracing::error!(error = %e, "allowlist reload failed; keeping the current policy"),
+        None => tracing::info!(
+            policy = policy.sha256(),
+            rules = policy.rules().len(),
+            "allowlists reloaded"
+        ),
+        Some(e) => {
+            tracing::error!(error = %e, "allowlist reload failed; keeping the current policy")
+        }
     }
     shared
         .audit

@@ -88,14 +88,21 @@ impl AuditThread {
 
 impl Audit {
     /// Opens the target and starts the writer. `failed` is cancelled if a write fails.
-    pub fn open(target: &AuditTarget, failed: CancellationToken) -> io::Result<(Self, AuditThread)> {
+    pub fn open(
+        target: &AuditTarget,
+        failed: CancellationToken,
+    ) -> io::Result<(Self, AuditThread)> {
         let sink: Box<dyn Write + Send> = match target {
             AuditTarget::Stderr => Box::new(io::stderr()),
             AuditTarget::Stdout => Box::new(io::stdout()),
             AuditTarget::File(path) => Box::new(
-                OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()))
-                })?,
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()))
+                    })?,
             ),
         };
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -166,14 +173,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let failed = CancellationToken::new();
-        let (audit, thread) = Audit::open(&AuditTarget::File(path.clone()), failed.clone()).unwrap();
+        let (audit, thread) =
+            Audit::open(&AuditTarget::File(path.clone()), failed.clone()).unwrap();
         for i in 0..1000 {
-            audit.write(&serde_json::json!({"schema": SCHEMA, "n": i})).await;
+            audit
+                .write(&serde_json::json!({"schema": SCHEMA, "n": i}))
+                .await;
         }
         audit.close().await;
         thread.join();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 1000);
         assert!(lines.iter().enumerate().all(|(i, v)| v["n"] == i));
         assert!(!failed.is_cancelled());
@@ -183,7 +196,8 @@ mod tests {
     async fn a_failing_sink_cancels_the_run() {
         // /dev/full accepts the open and fails every write with ENOSPC.
         let failed = CancellationToken::new();
-        let (audit, thread) = Audit::open(&AuditTarget::File("/dev/full".into()), failed.clone()).unwrap();
+        let (audit, thread) =
+            Audit::open(&AuditTarget::File("/dev/full".into()), failed.clone()).unwrap();
         audit.write(&serde_json::json!({"schema": SCHEMA})).await;
         failed.cancelled().await;
         thread.join();

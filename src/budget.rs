@@ -19,7 +19,10 @@ struct Meter {
 
 impl Meter {
     fn new(cap: u64) -> Arc<Self> {
-        Arc::new(Self { cap, used: AtomicU64::new(0) })
+        Arc::new(Self {
+            cap,
+            used: AtomicU64::new(0),
+        })
     }
 
     fn charge(&self, n: u64) -> bool {
@@ -62,16 +65,25 @@ pub struct Charge {
 
 impl Budgets {
     pub fn new(run_cap: Option<u64>) -> Self {
-        Self { run: run_cap.map(Meter::new), rules: Mutex::default() }
+        Self {
+            run: run_cap.map(Meter::new),
+            rules: Mutex::default(),
+        }
     }
 
     /// The budgets a connection allowed by `rules` draws on.
     pub fn charge_for<'a>(&self, rules: impl IntoIterator<Item = &'a Rule>) -> Charge {
-        let mut charge = Charge { run: self.run.clone(), rules: Vec::new() };
+        let mut charge = Charge {
+            run: self.run.clone(),
+            rules: Vec::new(),
+        };
         for r in rules {
             let Some(cap) = r.max_upload else { continue };
             let mut meters = self.rules.lock().expect("budget lock");
-            let meter = meters.entry(r.canonical()).or_insert_with(|| Meter::new(cap)).clone();
+            let meter = meters
+                .entry(r.canonical())
+                .or_insert_with(|| Meter::new(cap))
+                .clone();
             if !charge.rules.iter().any(|(m, _)| Arc::ptr_eq(m, &meter)) {
                 charge.rules.push((meter, r.id.to_string()));
             }
@@ -90,7 +102,10 @@ impl Charge {
     pub fn charge(&self, n: u64) -> Result<(), Exceeded> {
         for (meter, rule) in &self.rules {
             if !meter.charge(n) {
-                return Err(Exceeded::Rule { cap: meter.cap, rule: rule.clone() });
+                return Err(Exceeded::Rule {
+                    cap: meter.cap,
+                    rule: rule.clone(),
+                });
             }
         }
         if let Some(meter) = &self.run
@@ -119,7 +134,10 @@ pub struct UploadGate {
 
 impl UploadGate {
     pub fn new(charge: Charge) -> Self {
-        Self { charge, breach: Mutex::new(None) }
+        Self {
+            charge,
+            breach: Mutex::new(None),
+        }
     }
 
     /// May `n` more bytes go upstream? The first breach is ruled on once (one violation per
@@ -160,15 +178,30 @@ mod tests {
         let b = budgets.charge_for([&rules[0], &rules[0]]);
         assert_eq!(a.charge(60), Ok(()));
         assert_eq!(b.charge(40), Ok(()));
-        assert_eq!(a.charge(1), Err(Exceeded::Rule { cap: 100, rule: "t.txt:1".into() }));
+        assert_eq!(
+            a.charge(1),
+            Err(Exceeded::Rule {
+                cap: 100,
+                rule: "t.txt:1".into()
+            })
+        );
         let free = budgets.charge_for([&rules[1]]);
         assert_eq!(free.charge(900), Ok(()));
         assert_eq!(free.charge(1), Err(Exceeded::Run { cap: 1000 }));
         assert!(Budgets::new(None).charge_for([&rules[1]]).is_unlimited());
         assert!(!budgets.charge_for([]).is_unlimited());
         // A connection allowed by two budgeted rules is held to both.
-        let (two, _) = parse_text("u.txt", "n.example max-upload=1000\n10.0.0.0/8 max-upload=10\n");
+        let (two, _) = parse_text(
+            "u.txt",
+            "n.example max-upload=1000\n10.0.0.0/8 max-upload=10\n",
+        );
         let both = Budgets::new(None).charge_for([&two[0], &two[1]]);
-        assert_eq!(both.charge(11), Err(Exceeded::Rule { cap: 10, rule: "u.txt:2".into() }));
+        assert_eq!(
+            both.charge(11),
+            Err(Exceeded::Rule {
+                cap: 10,
+                rule: "u.txt:2".into()
+            })
+        );
     }
 }

@@ -13,7 +13,12 @@ pub fn check(paths: &[PathBuf], out: &mut impl Write, err: &mut impl Write) -> b
     match allowlist::load(paths) {
         Ok(set) => {
             let files = set.files.len();
-            let width = set.rules.iter().map(|r| r.id.as_str().len()).max().unwrap_or(0);
+            let width = set
+                .rules
+                .iter()
+                .map(|r| r.id.as_str().len())
+                .max()
+                .unwrap_or(0);
             let policy = Policy::new(set);
             for rule in policy.rules() {
                 let _ = writeln!(
@@ -50,15 +55,24 @@ mod tests {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         assert!(check(&[dir.path().to_owned()], &mut out, &mut err));
         let out = String::from_utf8(out).unwrap();
-        assert!(out.contains("a.txt:1  example.com  # ports 80,443"), "{out}");
+        assert!(
+            out.contains("a.txt:1  example.com  # ports 80,443"),
+            "{out}"
+        );
         assert!(out.contains("*.b.example:*  # ports any"), "{out}");
-        assert!(out.contains("ok: 2 rules from 1 files; policy sha256:"), "{out}");
+        assert!(
+            out.contains("ok: 2 rules from 1 files; policy sha256:"),
+            "{out}"
+        );
 
         std::fs::write(dir.path().join("b.txt"), "*\nfoo.*\n").unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         assert!(!check(&[dir.path().to_owned()], &mut out, &mut err));
         let err = String::from_utf8(err).unwrap();
         assert_eq!(err.lines().count(), 2, "{err}");
-        assert!(err.contains("b.txt:1: ") && err.contains("b.txt:2: "), "{err}");
+        assert!(
+            err.contains("b.txt:1: ") && err.contains("b.txt:2: "),
+            "{err}"
+        );
     }
 }

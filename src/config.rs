@@ -76,16 +76,36 @@ impl Action {
 #[derive(Debug, Clone, Args)]
 pub struct Options {
     /// Allowlist file or directory (every `*.txt` in it); repeatable. None: deny everything.
-    #[arg(long = "allowlist", env = "EGRESS_WARDEN_ALLOWLIST", value_name = "FILE_OR_DIR", value_delimiter = ',')]
+    #[arg(
+        long = "allowlist",
+        env = "EGRESS_WARDEN_ALLOWLIST",
+        value_name = "FILE_OR_DIR",
+        value_delimiter = ','
+    )]
     pub allowlists: Vec<PathBuf>,
     /// Explicit HTTP proxy listener (plain HTTP and CONNECT).
-    #[arg(long, env = "EGRESS_WARDEN_HTTP_LISTEN", default_value = "127.0.0.1:3128", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_HTTP_LISTEN",
+        default_value = "127.0.0.1:3128",
+        value_name = "ADDR"
+    )]
     pub http_listen: String,
     /// SOCKS5 listener, or `off`.
-    #[arg(long, env = "EGRESS_WARDEN_SOCKS_LISTEN", default_value = "127.0.0.1:1080", value_name = "ADDR|off")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_SOCKS_LISTEN",
+        default_value = "127.0.0.1:1080",
+        value_name = "ADDR|off"
+    )]
     pub socks_listen: String,
     /// Admin listener (/metrics, /healthz, /readyz), or `off`.
-    #[arg(long, env = "EGRESS_WARDEN_ADMIN_LISTEN", default_value = "127.0.0.1:9090", value_name = "ADDR|off")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090",
+        value_name = "ADDR|off"
+    )]
     pub admin_listen: String,
     /// DNS server the warden resolves allowed names with (IP or IP:PORT). Default: the first
     /// nameserver in /etc/resolv.conf.
@@ -113,39 +133,94 @@ pub struct Options {
     #[arg(long, env = "EGRESS_WARDEN_MALFORMED_IS_VIOLATION")]
     pub malformed_is_violation: bool,
     /// Upstream TCP connect timeout.
-    #[arg(long, env = "EGRESS_WARDEN_CONNECT_TIMEOUT", default_value = "10s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_CONNECT_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
     pub connect_timeout: String,
     /// Time a client has to send a complete request head or SOCKS handshake.
-    #[arg(long, env = "EGRESS_WARDEN_HANDSHAKE_TIMEOUT", default_value = "10s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
     pub handshake_timeout: String,
     /// A connection or tunnel with no traffic either way for this long is closed.
-    #[arg(long, env = "EGRESS_WARDEN_IDLE_TIMEOUT", default_value = "15m", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_IDLE_TIMEOUT",
+        default_value = "15m",
+        value_name = "DURATION"
+    )]
     pub idle_timeout: String,
     /// Once a tunnel's client starts sending, its TLS ClientHello (or HTTP head) must be complete
     /// within this time.
-    #[arg(long, env = "EGRESS_WARDEN_SNIFF_TIMEOUT", default_value = "5s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_SNIFF_TIMEOUT",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
     pub sniff_timeout: String,
     /// DNS lookup timeout.
-    #[arg(long, env = "EGRESS_WARDEN_DNS_TIMEOUT", default_value = "5s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_DNS_TIMEOUT",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
     pub dns_timeout: String,
     /// On SIGTERM/SIGINT, how long open connections may finish before they are cut.
-    #[arg(long, env = "EGRESS_WARDEN_DRAIN_TIMEOUT", default_value = "5s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_DRAIN_TIMEOUT",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
     pub drain_timeout: String,
     /// After a terminating violation, how long later requests are answered "run terminated"
     /// before the warden exits 77.
-    #[arg(long, env = "EGRESS_WARDEN_TERMINATION_DRAIN", default_value = "500ms", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_TERMINATION_DRAIN",
+        default_value = "500ms",
+        value_name = "DURATION"
+    )]
     pub termination_drain: String,
     /// Cap on concurrent client connections across all listeners.
-    #[arg(long, env = "EGRESS_WARDEN_MAX_CONNECTIONS", default_value_t = 4096, value_name = "N")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_name = "N"
+    )]
     pub max_connections: usize,
     /// Largest request head (request line plus headers) accepted.
-    #[arg(long, env = "EGRESS_WARDEN_MAX_HEADER_BYTES", default_value = "64KiB", value_name = "SIZE")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_MAX_HEADER_BYTES",
+        default_value = "64KiB",
+        value_name = "SIZE"
+    )]
     pub max_header_bytes: String,
     /// Most header fields accepted in one request or response.
-    #[arg(long, env = "EGRESS_WARDEN_MAX_HEADERS", default_value_t = 100, value_name = "N")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_MAX_HEADERS",
+        default_value_t = 100,
+        value_name = "N"
+    )]
     pub max_headers: usize,
     /// Log filter for diagnostics on stderr (tracing syntax, e.g. `info` or `egress_warden=debug`).
-    #[arg(long, env = "EGRESS_WARDEN_LOG", default_value = "warn", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_LOG",
+        default_value = "warn",
+        value_name = "FILTER"
+    )]
     pub log: String,
 }
 
@@ -204,10 +279,18 @@ pub enum ConfigError {
 }
 
 fn invalid(flag: &'static str, value: &str, why: &'static str) -> ConfigError {
-    ConfigError::Invalid { flag, value: value.to_owned(), why }
+    ConfigError::Invalid {
+        flag,
+        value: value.to_owned(),
+        why,
+    }
 }
 
-fn listen(flag: &'static str, value: &str, optional: bool) -> Result<Option<SocketAddr>, ConfigError> {
+fn listen(
+    flag: &'static str,
+    value: &str,
+    optional: bool,
+) -> Result<Option<SocketAddr>, ConfigError> {
     if optional && value == "off" {
         return Ok(None);
     }
@@ -216,13 +299,20 @@ fn listen(flag: &'static str, value: &str, optional: bool) -> Result<Option<Sock
     } else {
         "expected IP:PORT (e.g. 127.0.0.1:3128; port 0 picks a free port)"
     };
-    value.parse().map(Some).map_err(|_| invalid(flag, value, why))
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| invalid(flag, value, why))
 }
 
 fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
     match humantime::parse_duration(value) {
         Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(invalid(flag, value, "expected a positive duration such as 500ms, 10s or 5m")),
+        _ => Err(invalid(
+            flag,
+            value,
+            "expected a positive duration such as 500ms, 10s or 5m",
+        )),
     }
 }
 
@@ -231,7 +321,11 @@ pub fn parse_dns_upstream(value: &str) -> Option<SocketAddr> {
     if let Ok(sa) = value.parse::<SocketAddr>() {
         return Some(sa);
     }
-    let ip: IpAddr = value.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let ip: IpAddr = value
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
     Some(SocketAddr::new(ip, 53))
 }
 
@@ -257,26 +351,36 @@ pub fn fresh_run_id() -> String {
 fn valid_run_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Options {
     /// Validates every option. `resolv_conf` is the text of /etc/resolv.conf, if readable.
     pub fn validate(&self, resolv_conf: Option<&str>) -> Result<Config, ConfigError> {
-        let http_listen = listen("http-listen", &self.http_listen, false)?
-            .expect("non-optional listener");
+        let http_listen =
+            listen("http-listen", &self.http_listen, false)?.expect("non-optional listener");
         let socks_listen = listen("socks-listen", &self.socks_listen, true)?;
         let admin_listen = listen("admin-listen", &self.admin_listen, true)?;
         let dns_upstream = match &self.dns_upstream {
             Some(v) => Some(parse_dns_upstream(v).ok_or_else(|| {
-                invalid("dns-upstream", v, "expected IP or IP:PORT (IPv6 with a port in brackets)")
+                invalid(
+                    "dns-upstream",
+                    v,
+                    "expected IP or IP:PORT (IPv6 with a port in brackets)",
+                )
             })?),
             None => resolv_conf.and_then(first_nameserver),
         };
         let run_id = match &self.run_id {
             Some(id) if valid_run_id(id) => id.clone(),
             Some(id) => {
-                return Err(invalid("run-id", id, "expected 1-128 characters from [A-Za-z0-9._-]"));
+                return Err(invalid(
+                    "run-id",
+                    id,
+                    "expected 1-128 characters from [A-Za-z0-9._-]",
+                ));
             }
             None => fresh_run_id(),
         };
@@ -288,14 +392,22 @@ impl Options {
         };
         let max_upload_bytes = match &self.max_upload_bytes {
             Some(v) => Some(parse_size(v).ok_or_else(|| {
-                invalid("max-upload-bytes", v, "expected bytes, or a number with KiB, MiB, GiB or TiB")
+                invalid(
+                    "max-upload-bytes",
+                    v,
+                    "expected bytes, or a number with KiB, MiB, GiB or TiB",
+                )
             })?),
             None => None,
         };
         let max_header_bytes = parse_size(&self.max_header_bytes)
             .filter(|n| (8192..=(1 << 20)).contains(n))
             .ok_or_else(|| {
-                invalid("max-header-bytes", &self.max_header_bytes, "expected a size from 8KiB to 1MiB")
+                invalid(
+                    "max-header-bytes",
+                    &self.max_header_bytes,
+                    "expected a size from 8KiB to 1MiB",
+                )
             })? as usize;
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err(invalid(
@@ -305,10 +417,18 @@ impl Options {
             ));
         }
         if !(8..=1000).contains(&self.max_headers) {
-            return Err(invalid("max-headers", &self.max_headers.to_string(), "expected 8 to 1000"));
+            return Err(invalid(
+                "max-headers",
+                &self.max_headers.to_string(),
+                "expected 8 to 1000",
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
-            return Err(invalid("log", &self.log, "expected a tracing filter such as 'warn' or 'egress_warden=debug'"));
+            return Err(invalid(
+                "log",
+                &self.log,
+                "expected a tracing filter such as 'warn' or 'egress_warden=debug'",
+            ));
         }
         Ok(Config {
             allowlists: self.allowlists.clone(),
@@ -355,7 +475,10 @@ mod tests {
 
     #[test]
     fn defaults_validate() {
-        let cfg = options(&[]).unwrap().validate(Some("nameserver 10.0.0.2\n")).unwrap();
+        let cfg = options(&[])
+            .unwrap()
+            .validate(Some("nameserver 10.0.0.2\n"))
+            .unwrap();
         assert_eq!(cfg.http_listen, "127.0.0.1:3128".parse().unwrap());
         assert_eq!(cfg.socks_listen, Some("127.0.0.1:1080".parse().unwrap()));
         assert_eq!(cfg.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
@@ -382,7 +505,11 @@ mod tests {
         ];
         assert!(!cases.is_empty());
         for (args, flag) in cases {
-            let err = options(args).unwrap().validate(None).unwrap_err().to_string();
+            let err = options(args)
+                .unwrap()
+                .validate(None)
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with(flag), "{args:?}: {err}");
         }
         assert!(options(&["--on-violation", "explode"]).is_err());
@@ -390,23 +517,48 @@ mod tests {
 
     #[test]
     fn off_disables_optional_listeners_and_dns_forms_parse() {
-        let cfg = options(&["--socks-listen", "off", "--admin-listen", "off", "--dns-upstream", "[::1]:5353"])
-            .unwrap()
-            .validate(None)
-            .unwrap();
+        let cfg = options(&[
+            "--socks-listen",
+            "off",
+            "--admin-listen",
+            "off",
+            "--dns-upstream",
+            "[::1]:5353",
+        ])
+        .unwrap()
+        .validate(None)
+        .unwrap();
         assert_eq!(cfg.socks_listen, None);
         assert_eq!(cfg.admin_listen, None);
         assert_eq!(cfg.dns_upstream, Some("[::1]:5353".parse().unwrap()));
-        assert_eq!(parse_dns_upstream("127.0.0.53"), Some("127.0.0.53:53".parse().unwrap()));
+        assert_eq!(
+            parse_dns_upstream("127.0.0.53"),
+            Some("127.0.0.53:53".parse().unwrap())
+        );
         assert_eq!(parse_dns_upstream("::1"), Some("[::1]:53".parse().unwrap()));
-        assert_eq!(first_nameserver("# c\nsearch x\nnameserver 1.1.1.1\nnameserver 8.8.8.8\n"), Some("1.1.1.1:53".parse().unwrap()));
+        assert_eq!(
+            first_nameserver("# c\nsearch x\nnameserver 1.1.1.1\nnameserver 8.8.8.8\n"),
+            Some("1.1.1.1:53".parse().unwrap())
+        );
         assert_eq!(first_nameserver("search x\n"), None);
     }
 
     #[test]
     fn run_takes_the_command_after_double_dash() {
-        let cli = Cli::try_parse_from(["egress-warden", "run", "--run-id", "r1", "--", "sh", "-c", "exit 3"]).unwrap();
-        let Command::Run(run) = cli.command else { panic!() };
+        let cli = Cli::try_parse_from([
+            "egress-warden",
+            "run",
+            "--run-id",
+            "r1",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
         assert_eq!(run.command, ["sh", "-c", "exit 3"]);
         assert_eq!(run.options.run_id.as_deref(), Some("r1"));
     }

@@ -123,7 +123,11 @@ async fn connect_any(
             Ok(Ok(stream)) => {
                 shared.metrics.connect_time(started.elapsed());
                 let _ = stream.set_nodelay(true);
-                return Ok(Upstream { stream, addr, rule: rule.clone() });
+                return Ok(Upstream {
+                    stream,
+                    addr,
+                    rule: rule.clone(),
+                });
             }
             Ok(Err(source)) => last = Some(DialError::Connect { addr, source }),
             Err(_) => return Err(DialError::Timeout),

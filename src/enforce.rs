@@ -78,7 +78,10 @@ impl Enforcer {
     /// Applies the action to a decision.
     pub fn judge(&self, decision: &Decision) -> Ruling {
         if decision.is_allow() {
-            return Ruling { judgement: Judgement::Allow, violation: false };
+            return Ruling {
+                judgement: Judgement::Allow,
+                violation: false,
+            };
         }
         self.judge_denial(decision.reason)
     }
@@ -86,7 +89,10 @@ impl Enforcer {
     /// Applies the action to a denial for `reason`.
     pub fn judge_denial(&self, reason: Reason) -> Ruling {
         if !reason.is_violation(self.malformed_counts) {
-            return Ruling { judgement: Judgement::Deny, violation: false };
+            return Ruling {
+                judgement: Judgement::Deny,
+                violation: false,
+            };
         }
         self.metrics.violation(reason);
         let judgement = match self.action {
@@ -97,7 +103,10 @@ impl Enforcer {
                 Judgement::Deny
             }
         };
-        Ruling { judgement, violation: true }
+        Ruling {
+            judgement,
+            violation: true,
+        }
     }
 
     /// Ends the run (idempotent): every connection watching [`Enforcer::kill_token`] closes.
@@ -145,13 +154,62 @@ mod tests {
             terminated: bool,
         }
         let cases = [
-            Case { action: Action::Terminate, malformed_counts: false, decision: deny.clone(), want: Judgement::Deny, violation: true, terminated: true },
-            Case { action: Action::Deny, malformed_counts: false, decision: deny.clone(), want: Judgement::Deny, violation: true, terminated: false },
-            Case { action: Action::Report, malformed_counts: false, decision: deny.clone(), want: Judgement::Report, violation: true, terminated: false },
-            Case { action: Action::Terminate, malformed_counts: false, decision: outage.clone(), want: Judgement::Deny, violation: false, terminated: false },
-            Case { action: Action::Report, malformed_counts: false, decision: outage, want: Judgement::Deny, violation: false, terminated: false },
-            Case { action: Action::Terminate, malformed_counts: false, decision: malformed.clone(), want: Judgement::Deny, violation: false, terminated: false },
-            Case { action: Action::Terminate, malformed_counts: true, decision: malformed, want: Judgement::Deny, violation: true, terminated: true },
+            Case {
+                action: Action::Terminate,
+                malformed_counts: false,
+                decision: deny.clone(),
+                want: Judgement::Deny,
+                violation: true,
+                terminated: true,
+            },
+            Case {
+                action: Action::Deny,
+                malformed_counts: false,
+                decision: deny.clone(),
+                want: Judgement::Deny,
+                violation: true,
+                terminated: false,
+            },
+            Case {
+                action: Action::Report,
+                malformed_counts: false,
+                decision: deny.clone(),
+                want: Judgement::Report,
+                violation: true,
+                terminated: false,
+            },
+            Case {
+                action: Action::Terminate,
+                malformed_counts: false,
+                decision: outage.clone(),
+                want: Judgement::Deny,
+                violation: false,
+                terminated: false,
+            },
+            Case {
+                action: Action::Report,
+                malformed_counts: false,
+                decision: outage,
+                want: Judgement::Deny,
+                violation: false,
+                terminated: false,
+            },
+            Case {
+                action: Action::Terminate,
+                malformed_counts: false,
+                decision: malformed.clone(),
+                want: Judgement::Deny,
+                violation: false,
+                terminated: false,
+            },
+            Case {
+                action: Action::Terminate,
+                malformed_counts: true,
+                decision: malformed,
+                want: Judgement::Deny,
+                violation: true,
+                terminated: true,
+            },
         ];
         assert!(!cases.is_empty());
         for (i, c) in cases.into_iter().enumerate() {

@@ -75,7 +75,10 @@ pub fn denial(shared: &Shared, reason: Reason, what: &str) -> Response<ProxyBody
     let mut rsp = Response::new(ProxyBody::full(body));
     *rsp.status_mut() = status;
     let h = rsp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Ok(v) = HeaderValue::from_str(&status_header) {
         h.insert(HeaderName::from_static("proxy-status"), v);
     }
@@ -90,11 +93,17 @@ pub fn upstream_failure(shared: &Shared, kind: &'static str, what: &str) -> Resp
         "upstream_timeout" => (StatusCode::GATEWAY_TIMEOUT, "http_response_timeout"),
         _ => (StatusCode::BAD_GATEWAY, "destination_unavailable"),
     };
-    let body = format!("egress-warden: {what}: {kind} (run {})\n", shared.config.run_id);
+    let body = format!(
+        "egress-warden: {what}: {kind} (run {})\n",
+        shared.config.run_id
+    );
     let mut rsp = Response::new(ProxyBody::full(body));
     *rsp.status_mut() = status;
-    if let Ok(v) = HeaderValue::from_str(&format!("egress-warden; error={token}; details=\"{kind}\"")) {
-        rsp.headers_mut().insert(HeaderName::from_static("proxy-status"), v);
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("egress-warden; error={token}; details=\"{kind}\""))
+    {
+        rsp.headers_mut()
+            .insert(HeaderName::from_static("proxy-status"), v);
     }
     rsp
 }
@@ -103,7 +112,10 @@ pub fn upstream_failure(shared: &Shared, kind: &'static str, what: &str) -> Resp
 
 /// The HTTP/1 server settings every sandbox-facing connection uses: bounded request heads
 /// (size and count) and a deadline for each head (`head_timeout`).
-pub fn server_builder(config: &Config, head_timeout: std::time::Duration) -> hyper::server::conn::http1::Builder {
+pub fn server_builder(
+    config: &Config,
+    head_timeout: std::time::Duration,
+) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
@@ -166,7 +178,10 @@ impl CountingIo {
         if self.credit < len {
             let need = len - self.credit;
             if !self.gate.admit(need, &self.shared.enforcer) {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "upload budget exceeded"));
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "upload budget exceeded",
+                ));
             }
             self.credit += need;
         }
@@ -175,25 +190,37 @@ impl CountingIo {
 
     fn wrote(&mut self, n: usize) {
         self.credit = self.credit.saturating_sub(n as u64);
-        self.traffic.up.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.traffic
+            .up
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         self.sent.inc_by(n as u64);
     }
 }
 
 impl AsyncRead for CountingIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         let n = (buf.filled().len() - before) as u64;
-        this.traffic.down.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        this.traffic
+            .down
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         this.received.inc_by(n);
         Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for CountingIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.admit(buf.len())?;
         let n = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
@@ -201,7 +228,11 @@ impl AsyncWrite for CountingIo {
         Poll::Ready(Ok(n))
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.admit(bufs.iter().map(|b| b.len()).sum())?;
         let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
@@ -244,7 +275,9 @@ impl UpstreamHttp {
         gate: Arc<UploadGate>,
         kill: Option<CancellationToken>,
     ) -> Result<Self, hyper::Error> {
-        let addr = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addr = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let traffic = Arc::new(Traffic::default());
         let io = CountingIo {
             io: stream,
@@ -276,7 +309,14 @@ impl UpstreamHttp {
                 }
             }
         });
-        Ok(Self { target, addr, rule, sender, traffic, gate })
+        Ok(Self {
+            target,
+            addr,
+            rule,
+            sender,
+            traffic,
+            gate,
+        })
     }
 
     /// Whether the connection can take another request.
@@ -298,7 +338,11 @@ impl UpstreamHttp {
             a.ip = Some(self.addr.ip());
         }
         let what = format!("{} {}", req.method(), self.target);
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
         *req.version_mut() = hyper::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
@@ -307,14 +351,26 @@ impl UpstreamHttp {
         }
         let (up0, down0) = (self.traffic.up(), self.traffic.down());
         let sent = match self.sender.ready().await {
-            Ok(()) => tokio::time::timeout(shared.config.timeouts.idle, self.sender.send_request(req)).await,
+            Ok(()) => {
+                tokio::time::timeout(shared.config.timeouts.idle, self.sender.send_request(req))
+                    .await
+            }
             Err(e) => Ok(Err(e)),
         };
         let failed = match sent {
             Ok(Ok(mut rsp)) => {
                 strip_hop_by_hop(rsp.headers_mut());
-                let done = RequestDone { shared: shared.clone(), attempt, traffic: self.traffic.clone(), up0, down0 };
-                return rsp.map(|body| ProxyBody { kind: Kind::Upstream(body), done: Some(done) });
+                let done = RequestDone {
+                    shared: shared.clone(),
+                    attempt,
+                    traffic: self.traffic.clone(),
+                    up0,
+                    down0,
+                };
+                return rsp.map(|body| ProxyBody {
+                    kind: Kind::Upstream(body),
+                    done: Some(done),
+                });
             }
             Ok(Err(_)) => "upstream_error",
             Err(_) => "upstream_timeout",
@@ -356,11 +412,17 @@ pub struct ProxyBody {
 
 impl ProxyBody {
     pub fn full(text: impl Into<Bytes>) -> Self {
-        Self { kind: Kind::Full(Some(text.into())), done: None }
+        Self {
+            kind: Kind::Full(Some(text.into())),
+            done: None,
+        }
     }
 
     pub fn empty() -> Self {
-        Self { kind: Kind::Full(None), done: None }
+        Self {
+            kind: Kind::Full(None),
+            done: None,
+        }
     }
 }
 
@@ -368,7 +430,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -420,7 +485,9 @@ impl Drop for RequestDone {
             a.bytes_up = self.traffic.up() - self.up0;
             a.bytes_down = self.traffic.down() - self.down0;
             let shared = self.shared.clone();
-            self.shared.tasks.spawn(async move { shared.finish(a).await });
+            self.shared
+                .tasks
+                .spawn(async move { shared.finish(a).await });
         }
     }
 }

@@ -152,7 +152,10 @@ pub enum HostError {
 impl HostError {
     /// True when the host was a non-canonical IP spelling (its own denial reason).
     pub fn is_noncanonical_ip(&self) -> bool {
-        matches!(self, Self::Name(NameError::NonCanonicalIp(_)) | Self::ZoneId(_))
+        matches!(
+            self,
+            Self::Name(NameError::NonCanonicalIp(_)) | Self::ZoneId(_)
+        )
     }
 }
 
@@ -291,30 +294,102 @@ mod tests {
         }
         let long_label = "a".repeat(64);
         let cases = [
-            Case { input: "Example.COM", want: Ok("example.com") },
-            Case { input: "example.com.", want: Ok("example.com") },
-            Case { input: "bücher.example", want: Ok("xn--bcher-kva.example") },
-            Case { input: "XN--BCHER-KVA.example", want: Ok("xn--bcher-kva.example") },
-            Case { input: "🔐.example.com", want: Ok("xn--jv8h.example.com") },
-            Case { input: "_acme.example.com", want: Ok("_acme.example.com") },
-            Case { input: "r3---sn.example.com", want: Ok("r3---sn.example.com") },
-            Case { input: "1password.com", want: Ok("1password.com") },
-            Case { input: "", want: Err(NameError::Empty) },
-            Case { input: ".", want: Err(NameError::Empty) },
-            Case { input: "example..com", want: Err(NameError::EmptyLabel) },
-            Case { input: "example.com..", want: Err(NameError::EmptyLabel) },
-            Case { input: ".example.com", want: Err(NameError::EmptyLabel) },
-            Case { input: "-bad.com", want: Err(NameError::HyphenEdge("-bad".into())) },
-            Case { input: "bad-.com", want: Err(NameError::HyphenEdge("bad-".into())) },
-            Case { input: "ex ample.com", want: Err(NameError::BadChar(' ')) },
-            Case { input: "ex/ample.com", want: Err(NameError::BadChar('/')) },
-            Case { input: "user@example.com", want: Err(NameError::BadChar('@')) },
-            Case { input: "xn--zz.example", want: Err(NameError::Idna) },
-            Case { input: "2130706433", want: Err(NameError::NonCanonicalIp("2130706433".into())) },
-            Case { input: "0177.0.0.1", want: Err(NameError::NonCanonicalIp("0177.0.0.1".into())) },
-            Case { input: "0x7f.0.0.1", want: Err(NameError::NonCanonicalIp("0x7f.0.0.1".into())) },
-            Case { input: "127.1", want: Err(NameError::NonCanonicalIp("127.1".into())) },
-            Case { input: "example.0x1F", want: Err(NameError::NonCanonicalIp("example.0x1f".into())) },
+            Case {
+                input: "Example.COM",
+                want: Ok("example.com"),
+            },
+            Case {
+                input: "example.com.",
+                want: Ok("example.com"),
+            },
+            Case {
+                input: "bücher.example",
+                want: Ok("xn--bcher-kva.example"),
+            },
+            Case {
+                input: "XN--BCHER-KVA.example",
+                want: Ok("xn--bcher-kva.example"),
+            },
+            Case {
+                input: "🔐.example.com",
+                want: Ok("xn--jv8h.example.com"),
+            },
+            Case {
+                input: "_acme.example.com",
+                want: Ok("_acme.example.com"),
+            },
+            Case {
+                input: "r3---sn.example.com",
+                want: Ok("r3---sn.example.com"),
+            },
+            Case {
+                input: "1password.com",
+                want: Ok("1password.com"),
+            },
+            Case {
+                input: "",
+                want: Err(NameError::Empty),
+            },
+            Case {
+                input: ".",
+                want: Err(NameError::Empty),
+            },
+            Case {
+                input: "example..com",
+                want: Err(NameError::EmptyLabel),
+            },
+            Case {
+                input: "example.com..",
+                want: Err(NameError::EmptyLabel),
+            },
+            Case {
+                input: ".example.com",
+                want: Err(NameError::EmptyLabel),
+            },
+            Case {
+                input: "-bad.com",
+                want: Err(NameError::HyphenEdge("-bad".into())),
+            },
+            Case {
+                input: "bad-.com",
+                want: Err(NameError::HyphenEdge("bad-".into())),
+            },
+            Case {
+                input: "ex ample.com",
+                want: Err(NameError::BadChar(' ')),
+            },
+            Case {
+                input: "ex/ample.com",
+                want: Err(NameError::BadChar('/')),
+            },
+            Case {
+                input: "user@example.com",
+                want: Err(NameError::BadChar('@')),
+            },
+            Case {
+                input: "xn--zz.example",
+                want: Err(NameError::Idna),
+            },
+            Case {
+                input: "2130706433",
+                want: Err(NameError::NonCanonicalIp("2130706433".into())),
+            },
+            Case {
+                input: "0177.0.0.1",
+                want: Err(NameError::NonCanonicalIp("0177.0.0.1".into())),
+            },
+            Case {
+                input: "0x7f.0.0.1",
+                want: Err(NameError::NonCanonicalIp("0x7f.0.0.1".into())),
+            },
+            Case {
+                input: "127.1",
+                want: Err(NameError::NonCanonicalIp("127.1".into())),
+            },
+            Case {
+                input: "example.0x1F",
+                want: Err(NameError::NonCanonicalIp("example.0x1f".into())),
+            },
         ];
         assert!(!cases.is_empty());
         for c in cases {
@@ -336,7 +411,10 @@ mod tests {
     #[test]
     fn parents_lists_proper_suffixes_nearest_first() {
         let n = DomainName::parse("a.b.example.com").unwrap();
-        assert_eq!(n.parents().collect::<Vec<_>>(), ["b.example.com", "example.com", "com"]);
+        assert_eq!(
+            n.parents().collect::<Vec<_>>(),
+            ["b.example.com", "example.com", "com"]
+        );
         assert_eq!(DomainName::parse("com").unwrap().parents().count(), 0);
     }
 
@@ -350,9 +428,19 @@ mod tests {
             ("Example.com", "example.com"),
         ];
         for (input, want) in ok {
-            assert_eq!(Host::parse(input).unwrap().to_string(), want, "input {input:?}");
+            assert_eq!(
+                Host::parse(input).unwrap().to_string(),
+                want,
+                "input {input:?}"
+            );
         }
-        let noncanonical = ["010.0.0.1", "127.1", "2130706433", "0x7f000001", "[fe80::1%eth0]"];
+        let noncanonical = [
+            "010.0.0.1",
+            "127.1",
+            "2130706433",
+            "0x7f000001",
+            "[fe80::1%eth0]",
+        ];
         for input in noncanonical {
             let err = Host::parse(input).unwrap_err();
             assert!(err.is_noncanonical_ip(), "input {input:?}: {err:?}");
@@ -381,7 +469,9 @@ mod tests {
             assert_eq!(got.as_deref(), want, "input {input:?}");
         }
         assert_eq!(
-            Target::parse_authority_or("example.com", 80).unwrap().to_string(),
+            Target::parse_authority_or("example.com", 80)
+                .unwrap()
+                .to_string(),
             "example.com:80"
         );
     }

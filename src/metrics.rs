@@ -123,8 +123,16 @@ impl Metrics {
             Unit::Seconds,
             m.connect_seconds.clone(),
         );
-        registry.register("dns_lookups", "DNS lookups made by the warden, by outcome", m.lookups.clone());
-        registry.register("violations", "Policy violations, by reason", m.violations.clone());
+        registry.register(
+            "dns_lookups",
+            "DNS lookups made by the warden, by outcome",
+            m.lookups.clone(),
+        );
+        registry.register(
+            "violations",
+            "Policy violations, by reason",
+            m.violations.clone(),
+        );
         registry.register(
             "run_terminated",
             "1 once the run has been terminated by a violation",
@@ -135,9 +143,17 @@ impl Metrics {
             "Allowlist reloads (SIGHUP), by result (ok, error)",
             m.reloads.clone(),
         );
-        registry.register("policy_rules", "Rules in the active policy", m.policy_rules.clone());
+        registry.register(
+            "policy_rules",
+            "Rules in the active policy",
+            m.policy_rules.clone(),
+        );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
-        build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
         registry.register("build_info", "Build information (always 1)", build_info);
         // Pre-create the series a dashboard or alert expects to see at zero.
         m.terminated.set(0);
@@ -157,22 +173,38 @@ impl Metrics {
 
     pub fn decision(&self, listener: Listener, verdict: &'static str, reason: Reason) {
         self.decisions
-            .get_or_create(&DecisionLabels { listener: listener.as_str(), verdict, reason: reason.as_str() })
+            .get_or_create(&DecisionLabels {
+                listener: listener.as_str(),
+                verdict,
+                reason: reason.as_str(),
+            })
             .inc();
     }
 
     /// The bytes-sent-upstream counter of a listener (kept by relays to count per chunk).
     pub fn sent_counter(&self, listener: Listener) -> Counter {
-        self.sent.get_or_create(&ListenerLabels { listener: listener.as_str() }).clone()
+        self.sent
+            .get_or_create(&ListenerLabels {
+                listener: listener.as_str(),
+            })
+            .clone()
     }
 
     /// The bytes-received-from-upstream counter of a listener.
     pub fn received_counter(&self, listener: Listener) -> Counter {
-        self.received.get_or_create(&ListenerLabels { listener: listener.as_str() }).clone()
+        self.received
+            .get_or_create(&ListenerLabels {
+                listener: listener.as_str(),
+            })
+            .clone()
     }
 
     pub fn open_gauge(&self, listener: Listener) -> Gauge {
-        self.open.get_or_create(&ListenerLabels { listener: listener.as_str() }).clone()
+        self.open
+            .get_or_create(&ListenerLabels {
+                listener: listener.as_str(),
+            })
+            .clone()
     }
 
     pub fn connect_time(&self, d: Duration) {
@@ -180,11 +212,19 @@ impl Metrics {
     }
 
     pub fn lookup(&self, outcome: LookupOutcome) {
-        self.lookups.get_or_create(&OutcomeLabels { outcome: outcome.as_str() }).inc();
+        self.lookups
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
     }
 
     pub fn violation(&self, reason: Reason) {
-        self.violations.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+        self.violations
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     pub fn set_terminated(&self) {
@@ -212,7 +252,10 @@ mod tests {
         m.sent_counter(Listener::Socks).inc_by(10);
         m.lookup(LookupOutcome::NotFound);
         let text = m.encode();
-        let samples: Vec<_> = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        let samples: Vec<_> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
         assert!(!samples.is_empty());
         for line in samples {
             assert!(line.contains("run_id=\"run-7\""), "{line}");
@@ -220,8 +263,16 @@ mod tests {
         assert!(text.contains(
             "egress_warden_decisions_total{run_id=\"run-7\",listener=\"http\",verdict=\"deny\",reason=\"domain_not_allowed\"} 1"
         ), "{text}");
-        assert!(text.contains("egress_warden_upstream_sent_bytes_total{run_id=\"run-7\",listener=\"socks5\"} 10"), "{text}");
-        assert!(text.contains("egress_warden_run_terminated{run_id=\"run-7\"} 0"), "{text}");
+        assert!(
+            text.contains(
+                "egress_warden_upstream_sent_bytes_total{run_id=\"run-7\",listener=\"socks5\"} 10"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("egress_warden_run_terminated{run_id=\"run-7\"} 0"),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

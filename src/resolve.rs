@@ -6,12 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::Name;
-use hickory_resolver::TokioResolver;
 
 use crate::host::DomainName;
 use crate::metrics::{LookupOutcome, Metrics};
@@ -54,12 +54,20 @@ impl Resolver {
             opts.attempts = 2;
             opts.try_tcp_on_error = true;
             opts.cache_size = 4096;
-            let mut builder =
-                hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+            let mut builder = hickory_resolver::Resolver::builder_with_config(
+                config,
+                TokioRuntimeProvider::default(),
+            );
             *builder.options_mut() = opts;
-            builder.build().expect("a resolver with one plain name server always builds")
+            builder
+                .build()
+                .expect("a resolver with one plain name server always builds")
         });
-        Self { inner, timeout, metrics }
+        Self {
+            inner,
+            timeout,
+            metrics,
+        }
     }
 
     /// Resolves `name` to at most [`MAX_ADDRESSES`] addresses (A and AAAA).
@@ -78,7 +86,8 @@ impl Resolver {
     async fn lookup_inner(&self, name: &DomainName) -> Result<Vec<IpAddr>, ResolveError> {
         let resolver = self.inner.as_ref().ok_or(ResolveError::NoUpstream)?;
         // Fully qualified: no search-list expansion.
-        let fqdn = Name::from_ascii(format!("{name}.")).map_err(|e| ResolveError::Failed(e.to_string()))?;
+        let fqdn = Name::from_ascii(format!("{name}."))
+            .map_err(|e| ResolveError::Failed(e.to_string()))?;
         // hickory bounds each query by `timeout`, with retries; this bounds the whole lookup.
         let lookup = tokio::time::timeout(self.timeout * 3, resolver.lookup_ip(fqdn))
             .await

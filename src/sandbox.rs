@@ -27,8 +27,12 @@ pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 /// An address a client on this host can dial for a bound listener.
 fn dialable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
         _ => addr,
     }
 }
@@ -37,12 +41,20 @@ fn dialable(addr: SocketAddr) -> SocketAddr {
 /// SOCKS5 with remote DNS (`socks5h`) when it is on, NO_PROXY for loopback.
 pub fn proxy_env(http: SocketAddr, socks: Option<SocketAddr>) -> Vec<(String, String)> {
     let http_url = format!("http://{}", dialable(http));
-    let all = socks.map_or_else(|| http_url.clone(), |s| format!("socks5h://{}", dialable(s)));
+    let all = socks.map_or_else(
+        || http_url.clone(),
+        |s| format!("socks5h://{}", dialable(s)),
+    );
     let values = [http_url.clone(), http_url, all, NO_PROXY.to_owned()];
     PROXY_VARS
         .iter()
         .zip(values)
-        .flat_map(|(name, value)| [(name.to_string(), value.clone()), (name.to_ascii_lowercase(), value)])
+        .flat_map(|(name, value)| {
+            [
+                (name.to_string(), value.clone()),
+                (name.to_ascii_lowercase(), value),
+            ]
+        })
         .collect()
 }
 
@@ -58,7 +70,10 @@ impl Sandbox {
         // Orphaned descendants come back to us, so the whole tree stays killable.
         nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
         let (program, args) = command.split_first().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given after --")
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no command given after --",
+            )
         })?;
         let mut cmd = Command::new(program);
         cmd.args(args).process_group(0).kill_on_drop(false);
@@ -67,7 +82,10 @@ impl Sandbox {
         }
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot start {}: {e}", program.to_string_lossy()))
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}", program.to_string_lossy()),
+            )
         })?;
         let pid = Pid::from_raw(child.id().expect("a just-spawned child has a pid") as i32);
         Ok(Self { child, pid })
@@ -104,7 +122,6 @@ impl Sandbox {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-
 }
 
 /// One process's parent and state, from `/proc/PID/stat`.
@@ -165,7 +182,9 @@ pub fn reap_orphans(keep: Pid) {
 /// The exit code a shell would report for `status`: the code, or 128 + the signal.
 pub fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -174,15 +193,20 @@ mod tests {
 
     #[test]
     fn proxy_env_sets_both_cases_and_dialable_addresses() {
-        let env: HashMap<_, _> = proxy_env("0.0.0.0:3128".parse().unwrap(), Some("127.0.0.1:1080".parse().unwrap()))
-            .into_iter()
-            .collect();
+        let env: HashMap<_, _> = proxy_env(
+            "0.0.0.0:3128".parse().unwrap(),
+            Some("127.0.0.1:1080".parse().unwrap()),
+        )
+        .into_iter()
+        .collect();
         assert_eq!(env["HTTP_PROXY"], "http://127.0.0.1:3128");
         assert_eq!(env["https_proxy"], "http://127.0.0.1:3128");
         assert_eq!(env["ALL_PROXY"], "socks5h://127.0.0.1:1080");
         assert_eq!(env["no_proxy"], NO_PROXY);
         assert_eq!(env.len(), 8);
-        let env: HashMap<_, _> = proxy_env("[::]:3128".parse().unwrap(), None).into_iter().collect();
+        let env: HashMap<_, _> = proxy_env("[::]:3128".parse().unwrap(), None)
+            .into_iter()
+            .collect();
         assert_eq!(env["all_proxy"], "http://[::1]:3128");
     }
 

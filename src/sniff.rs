@@ -63,7 +63,9 @@ pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, SniffError> {
     loop {
         let header = buf.get(pos..pos + 5).ok_or(Incomplete)?;
         if header[0] != 0x16 {
-            return Err(Malformed("a non-handshake TLS record arrived before the ClientHello was complete"));
+            return Err(Malformed(
+                "a non-handshake TLS record arrived before the ClientHello was complete",
+            ));
         }
         if header[1] != 3 {
             return Err(Malformed("record version is not TLS"));
@@ -139,7 +141,10 @@ fn parse_hello_body(body: &[u8]) -> Result<ClientHello, SniffError> {
     if c.vec(1)?.is_empty() {
         return Err(Malformed("compression method list is empty"));
     }
-    let mut hello = ClientHello { sni: None, ech: false };
+    let mut hello = ClientHello {
+        sni: None,
+        ech: false,
+    };
     if c.is_empty() {
         return Ok(hello); // no extensions at all
     }
@@ -234,9 +239,16 @@ mod tests {
     fn captured_curl_hello_yields_its_sni_at_every_prefix_once_complete() {
         assert!(!CURL_HELLO.is_empty());
         for i in 0..CURL_HELLO.len() {
-            assert_eq!(classify(&CURL_HELLO[..i]), Err(SniffError::Incomplete), "prefix {i}");
+            assert_eq!(
+                classify(&CURL_HELLO[..i]),
+                Err(SniffError::Incomplete),
+                "prefix {i}"
+            );
         }
-        let want = Flight::Tls(ClientHello { sni: Some("allowed.test".into()), ech: false });
+        let want = Flight::Tls(ClientHello {
+            sni: Some("allowed.test".into()),
+            ech: false,
+        });
         assert_eq!(classify(CURL_HELLO), Ok(want.clone()));
         // Bytes after the hello (early data) do not matter.
         let mut more = CURL_HELLO.to_vec();
@@ -269,16 +281,60 @@ mod tests {
         let cases: Vec<(&str, Vec<u8>, Result<Flight, SniffError>)> = vec![
             ("empty", vec![], Err(SniffError::Incomplete)),
             ("http get", b"GET / HTTP/1.1\r\n".to_vec(), Ok(Flight::Http)),
-            ("http partial method", b"OPTIO".to_vec(), Err(SniffError::Incomplete)),
-            ("ssh banner", b"SSH-2.0-OpenSSH\r\n".to_vec(), Ok(Flight::Other)),
+            (
+                "http partial method",
+                b"OPTIO".to_vec(),
+                Err(SniffError::Incomplete),
+            ),
+            (
+                "ssh banner",
+                b"SSH-2.0-OpenSSH\r\n".to_vec(),
+                Ok(Flight::Other),
+            ),
             ("binary", vec![0, 1, 2, 3], Ok(Flight::Other)),
-            ("lowercase", b"get / HTTP/1.1\r\n".to_vec(), Ok(Flight::Other)),
-            ("ech", ech, Ok(Flight::Tls(ClientHello { sni: Some("public.example".into()), ech: true }))),
-            ("no sni", no_sni, Ok(Flight::Tls(ClientHello { sni: None, ech: false }))),
-            ("duplicate server_name", dup, Err(SniffError::Malformed("duplicate TLS extension"))),
-            ("not tls version", bad_record, Err(SniffError::Malformed("record version is not TLS"))),
-            ("server hello", not_hello, Err(SniffError::Malformed("first handshake message is not a ClientHello"))),
-            ("alert record", vec![0x16, 3, 3, 0, 0], Err(SniffError::Malformed("TLS record length out of range"))),
+            (
+                "lowercase",
+                b"get / HTTP/1.1\r\n".to_vec(),
+                Ok(Flight::Other),
+            ),
+            (
+                "ech",
+                ech,
+                Ok(Flight::Tls(ClientHello {
+                    sni: Some("public.example".into()),
+                    ech: true,
+                })),
+            ),
+            (
+                "no sni",
+                no_sni,
+                Ok(Flight::Tls(ClientHello {
+                    sni: None,
+                    ech: false,
+                })),
+            ),
+            (
+                "duplicate server_name",
+                dup,
+                Err(SniffError::Malformed("duplicate TLS extension")),
+            ),
+            (
+                "not tls version",
+                bad_record,
+                Err(SniffError::Malformed("record version is not TLS")),
+            ),
+            (
+                "server hello",
+                not_hello,
+                Err(SniffError::Malformed(
+                    "first handshake message is not a ClientHello",
+                )),
+            ),
+            (
+                "alert record",
+                vec![0x16, 3, 3, 0, 0],
+                Err(SniffError::Malformed("TLS record length out of range")),
+            ),
         ];
         assert!(!cases.is_empty());
         for (name, bytes, want) in cases {

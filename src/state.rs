@@ -48,7 +48,11 @@ impl Shared {
         metrics.set_policy_rules(policy.rules().len());
         Self {
             resolver: Resolver::new(config.dns_upstream, config.timeouts.dns, metrics.clone()),
-            enforcer: Enforcer::new(config.action, config.malformed_is_violation, metrics.clone()),
+            enforcer: Enforcer::new(
+                config.action,
+                config.malformed_is_violation,
+                metrics.clone(),
+            ),
             budgets: Budgets::new(config.max_upload_bytes),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             policy: ArcSwap::from_pointee(policy),
@@ -73,12 +77,16 @@ impl Shared {
 
     /// Records a finished attempt everywhere: metrics, summary, audit.
     pub async fn finish(&self, a: Attempt) {
-        let ruling = a.ruling.unwrap_or(Ruling { judgement: Judgement::Deny, violation: false });
+        let ruling = a.ruling.unwrap_or(Ruling {
+            judgement: Judgement::Deny,
+            violation: false,
+        });
         let reason = a.reason.unwrap_or(Reason::MalformedRequest);
         let verdict = ruling.judgement.as_str();
         self.metrics.decision(a.listener, verdict, reason);
         let host = a.host.as_deref().unwrap_or("(none)");
-        self.summary.connection(host, ruling.judgement.proceeds(), a.bytes_up, a.bytes_down);
+        self.summary
+            .connection(host, ruling.judgement.proceeds(), a.bytes_up, a.bytes_down);
         let ts = timestamp(SystemTime::now());
         if ruling.violation {
             self.summary.violation(ViolationEntry {

@@ -56,13 +56,16 @@ pub fn check_claimed(policy: &Policy, target: &Target, claimed: &str) -> Result<
     if ok { Ok(()) } else { Err(detail()) }
 }
 
-fn check_hello(policy: &Policy, target: &Target, hello: &ClientHello) -> Result<(), (Reason, String)> {
+fn check_hello(
+    policy: &Policy,
+    target: &Target,
+    hello: &ClientHello,
+) -> Result<(), (Reason, String)> {
     match (&hello.sni, &target.host) {
         (None, Host::Ip(_)) => Ok(()), // RFC 6066: no SNI for IP literals
         (None, Host::Name(_)) => Err((Reason::SniMissing, "TLS ClientHello without SNI".into())),
-        (Some(sni), _) => {
-            check_claimed(policy, target, sni).map_err(|_| (Reason::SniMismatch, format!("sni={sni}")))
-        }
+        (Some(sni), _) => check_claimed(policy, target, sni)
+            .map_err(|_| (Reason::SniMismatch, format!("sni={sni}"))),
     }
 }
 
@@ -116,9 +119,24 @@ pub async fn run(
             },
         },
         Ok(Flight::Http) => {
-            let (end, up, down) = pinned_http(&shared, &policy, &a, client, buf.freeze(), upstream, &target, gate.clone(), kill.clone()).await;
-            traffic.up.fetch_add(up, std::sync::atomic::Ordering::Relaxed);
-            traffic.down.fetch_add(down, std::sync::atomic::Ordering::Relaxed);
+            let (end, up, down) = pinned_http(
+                &shared,
+                &policy,
+                &a,
+                client,
+                buf.freeze(),
+                upstream,
+                &target,
+                gate.clone(),
+                kill.clone(),
+            )
+            .await;
+            traffic
+                .up
+                .fetch_add(up, std::sync::atomic::Ordering::Relaxed);
+            traffic
+                .down
+                .fetch_add(down, std::sync::atomic::Ordering::Relaxed);
             end
         }
         Ok(Flight::Other) => relay.run(&client, &upstream.stream, &buf).await,
@@ -159,7 +177,9 @@ async fn first_flight(
                 Ok(flight) => return Ok(flight),
                 Err(SniffError::Malformed(why)) => return Err(SniffFail::Bad(why.into())),
                 Err(SniffError::Incomplete) if buf.len() >= MAX_SNIFF => {
-                    return Err(SniffFail::Bad(format!("first flight exceeds {MAX_SNIFF} bytes")));
+                    return Err(SniffFail::Bad(format!(
+                        "first flight exceeds {MAX_SNIFF} bytes"
+                    )));
                 }
                 Err(SniffError::Incomplete) => {}
             }
@@ -238,7 +258,17 @@ async fn pinned_http(
     gate: Arc<UploadGate>,
     kill: Option<CancellationToken>,
 ) -> (End, u64, u64) {
-    let up = match UpstreamHttp::start(shared, tunnel.listener, target.clone(), upstream.stream, upstream.rule, gate, kill.clone()).await {
+    let up = match UpstreamHttp::start(
+        shared,
+        tunnel.listener,
+        target.clone(),
+        upstream.stream,
+        upstream.rule,
+        gate,
+        kill.clone(),
+    )
+    .await
+    {
         Ok(up) => up,
         Err(_) => return (End::Error, 0, 0),
     };
@@ -292,9 +322,19 @@ impl PinnedCtx {
         }
         let hosts: Vec<_> = req.headers().get_all(hyper::header::HOST).iter().collect();
         if hosts.len() > 1 {
-            return self.refuse(req.method(), Reason::MalformedRequest, "several Host headers".into(), &what).await;
+            return self
+                .refuse(
+                    req.method(),
+                    Reason::MalformedRequest,
+                    "several Host headers".into(),
+                    &what,
+                )
+                .await;
         }
-        let host_header = hosts.first().and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let host_header = hosts
+            .first()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if let Some(h) = &host_header {
             match Target::parse_authority_or(h, self.target.port) {
                 Ok(t) => claimed.push(t.host.to_authority_host()),
@@ -303,13 +343,23 @@ impl PinnedCtx {
         }
         for name in &claimed {
             if let Err(detail) = check_claimed(&self.policy, &self.target, name) {
-                if let Some(rsp) = self.refuse_unless_reported(req.method(), Reason::HostMismatch, detail, &what).await {
+                if let Some(rsp) = self
+                    .refuse_unless_reported(req.method(), Reason::HostMismatch, detail, &what)
+                    .await
+                {
                     return rsp;
                 }
             }
         }
         if req.method() == Method::CONNECT {
-            return self.refuse(req.method(), Reason::UnsupportedRequest, "CONNECT inside a tunnel".into(), &what).await;
+            return self
+                .refuse(
+                    req.method(),
+                    Reason::UnsupportedRequest,
+                    "CONNECT inside a tunnel".into(),
+                    &what,
+                )
+                .await;
         }
         let authority = host_header.unwrap_or_else(|| self.target.to_string());
         let mut up = self.up.lock().await;
@@ -324,7 +374,13 @@ impl PinnedCtx {
         a
     }
 
-    async fn refuse(&self, method: &Method, reason: Reason, detail: String, what: &str) -> Response<ProxyBody> {
+    async fn refuse(
+        &self,
+        method: &Method,
+        reason: Reason,
+        detail: String,
+        what: &str,
+    ) -> Response<ProxyBody> {
         let mut a = self.attempt(method);
         a.set_detail(detail);
         a.deny(&self.shared, reason);
@@ -333,7 +389,13 @@ impl PinnedCtx {
     }
 
     /// Records a denial; returns the refusal unless `--on-violation report` lets it through.
-    async fn refuse_unless_reported(&self, method: &Method, reason: Reason, detail: String, what: &str) -> Option<Response<ProxyBody>> {
+    async fn refuse_unless_reported(
+        &self,
+        method: &Method,
+        reason: Reason,
+        detail: String,
+        what: &str,
+    ) -> Option<Response<ProxyBody>> {
         let mut a = self.attempt(method);
         a.set_detail(detail);
         let judgement = a.deny(&self.shared, reason);
@@ -349,7 +411,11 @@ struct Prefixed {
 }
 
 impl AsyncRead for Prefixed {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
@@ -362,7 +428,11 @@ impl AsyncRead for Prefixed {
 }
 
 impl AsyncWrite for Prefixed {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -381,7 +451,10 @@ mod tests {
     #[test]
     fn claimed_names_must_match_the_target() {
         let (rules, _) = parse_text("t.txt", "allowed.test\n93.184.216.34\n");
-        let policy = Policy::new(RuleSet { rules, files: vec![] });
+        let policy = Policy::new(RuleSet {
+            rules,
+            files: vec![],
+        });
         let cases = [
             ("allowed.test:443", "allowed.test", true),
             ("allowed.test:443", "ALLOWED.test.", true),
@@ -394,11 +467,21 @@ mod tests {
         ];
         for (target, claimed, ok) in cases {
             let t = Target::parse_authority(target).unwrap();
-            assert_eq!(check_claimed(&policy, &t, claimed).is_ok(), ok, "{target} {claimed}");
+            assert_eq!(
+                check_claimed(&policy, &t, claimed).is_ok(),
+                ok,
+                "{target} {claimed}"
+            );
         }
         let named = Target::parse_authority("allowed.test:443").unwrap();
-        let none = ClientHello { sni: None, ech: false };
-        assert_eq!(check_hello(&policy, &named, &none).unwrap_err().0, Reason::SniMissing);
+        let none = ClientHello {
+            sni: None,
+            ech: false,
+        };
+        assert_eq!(
+            check_hello(&policy, &named, &none).unwrap_err().0,
+            Reason::SniMissing
+        );
         let ip = Target::parse_authority("93.184.216.34:443").unwrap();
         assert!(check_hello(&policy, &ip, &none).is_ok());
     }

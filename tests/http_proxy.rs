@@ -13,7 +13,11 @@ use tokio::net::TcpStream;
 /// IP rule because loopback is a special address).
 async fn setup(action: &'static str) -> (Warden, HttpUpstream, FakeDns) {
     let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"]), ("evil.test", &["127.0.0.1"])]).await;
+    let dns = FakeDns::start(&[
+        ("allowed.test", &["127.0.0.1"]),
+        ("evil.test", &["127.0.0.1"]),
+    ])
+    .await;
     let w = Warden::builder()
         .allow("allowed.test:*")
         .allow(&format!("127.0.0.1:{}", up.addr.port()))
@@ -32,7 +36,10 @@ async fn allowed_request_reaches_upstream_and_is_recorded() {
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(
         out.stdout,
-        format!("plain GET /some/path?q=1 host=allowed.test:{} body=0 proxy_auth=false\n", up.addr.port())
+        format!(
+            "plain GET /some/path?q=1 host=allowed.test:{} body=0 proxy_auth=false\n",
+            up.addr.port()
+        )
     );
     let line = w.decision_for("allowed.test", "allow").await;
     assert_eq!(line["reason"], "domain_allowed");
@@ -42,8 +49,20 @@ async fn allowed_request_reaches_upstream_and_is_recorded() {
     assert_eq!(line["listener"], "http");
     assert_eq!(line["run_id"], w.run_id);
     assert_eq!(line["schema"], 1);
-    assert!(line["bytes_up"].as_u64().unwrap() > 0 && line["bytes_down"].as_u64().unwrap() > 0, "{line}");
-    w.metric_eq("egress_warden_decisions_total", &[("listener", "http"), ("verdict", "allow"), ("reason", "domain_allowed")], 1.0).await;
+    assert!(
+        line["bytes_up"].as_u64().unwrap() > 0 && line["bytes_down"].as_u64().unwrap() > 0,
+        "{line}"
+    );
+    w.metric_eq(
+        "egress_warden_decisions_total",
+        &[
+            ("listener", "http"),
+            ("verdict", "allow"),
+            ("reason", "domain_allowed"),
+        ],
+        1.0,
+    )
+    .await;
     assert!(dns.questions().contains(&"allowed.test".to_owned()));
 }
 
@@ -52,14 +71,31 @@ async fn denied_name_gets_403_naming_the_reason_and_is_never_resolved() {
     let (w, _up, dns) = setup("deny").await;
     let out = curl(&["-x", &w.proxy_url(), "-D", "-", "http://evil.test/"]).await;
     assert!(out.stdout.starts_with("HTTP/1.1 403"), "{out:?}");
-    assert!(out.stdout.contains("proxy-status: egress-warden; error=http_request_denied; details=\"domain_not_allowed\""), "{out:?}");
-    assert!(out.stdout.contains(&format!("domain_not_allowed (run {})", w.run_id)), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "proxy-status: egress-warden; error=http_request_denied; details=\"domain_not_allowed\""
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("domain_not_allowed (run {})", w.run_id)),
+        "{out:?}"
+    );
     let line = w.decision_for("evil.test", "deny").await;
     assert_eq!(line["reason"], "domain_not_allowed");
     assert_eq!(line["violation"], true);
     assert_eq!(line["rule"], serde_json::Value::Null);
-    w.metric_eq("egress_warden_violations_total", &[("reason", "domain_not_allowed")], 1.0).await;
-    assert!(!dns.questions().contains(&"evil.test".to_owned()), "a denied name must not be resolved");
+    w.metric_eq(
+        "egress_warden_violations_total",
+        &[("reason", "domain_not_allowed")],
+        1.0,
+    )
+    .await;
+    assert!(
+        !dns.questions().contains(&"evil.test".to_owned()),
+        "a denied name must not be resolved"
+    );
 }
 
 #[tokio::test]
@@ -67,16 +103,33 @@ async fn every_request_on_a_keep_alive_connection_is_decided() {
     let (w, up, _dns) = setup("deny").await;
     let port = up.addr.port();
     let mut s = TcpStream::connect(w.http).await.unwrap();
-    s.write_all(format!("GET http://allowed.test:{port}/one HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET http://allowed.test:{port}/one HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let (head, body) = read_response(&mut s).await;
     assert_eq!(status_of(&head), 200, "{head}");
     assert!(body.contains("/one"));
-    s.write_all(format!("GET http://evil.test:{port}/two HTTP/1.1\r\nHost: evil.test:{port}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET http://evil.test:{port}/two HTTP/1.1\r\nHost: evil.test:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let (head, body) = read_response(&mut s).await;
     assert_eq!(status_of(&head), 403, "{head}");
     assert!(body.contains("domain_not_allowed"));
     // The same connection still serves allowed requests, over the same upstream connection.
-    s.write_all(format!("GET http://allowed.test:{port}/three HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!(
+            "GET http://allowed.test:{port}/three HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let (head, _) = read_response(&mut s).await;
     assert_eq!(status_of(&head), 200, "{head}");
     assert_eq!(up.seen.requests(), 2);
@@ -88,11 +141,25 @@ async fn every_request_on_a_keep_alive_connection_is_decided() {
 async fn a_conflicting_host_header_is_denied() {
     let (w, up, _dns) = setup("deny").await;
     let url = format!("http://allowed.test:{}/", up.addr.port());
-    let out = curl(&["-x", &w.proxy_url(), "-H", "Host: evil.test", "-w", "%{http_code}", "-o", "/dev/null", &url]).await;
+    let out = curl(&[
+        "-x",
+        &w.proxy_url(),
+        "-H",
+        "Host: evil.test",
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &url,
+    ])
+    .await;
     assert_eq!(out.stdout, "403", "{out:?}");
     let line = w.decision(|l| l["reason"] == "host_mismatch").await;
     assert_eq!(line["host"], "allowed.test");
-    assert!(line["detail"].as_str().unwrap().contains("evil.test"), "{line}");
+    assert!(
+        line["detail"].as_str().unwrap().contains("evil.test"),
+        "{line}"
+    );
     assert_eq!(up.seen.requests(), 0);
 }
 
@@ -108,10 +175,16 @@ async fn noncanonical_ip_spellings_are_denied() {
     for req in cases {
         let head = raw_request(w.http, req).await;
         assert_eq!(status_of(&head), 403, "{req:?}: {head}");
-        assert!(head.contains("details=\"noncanonical_ip\""), "{req:?}: {head}");
+        assert!(
+            head.contains("details=\"noncanonical_ip\""),
+            "{req:?}: {head}"
+        );
     }
     let lines = w.audit_lines();
-    let count = lines.iter().filter(|l| l["reason"] == "noncanonical_ip").count();
+    let count = lines
+        .iter()
+        .filter(|l| l["reason"] == "noncanonical_ip")
+        .count();
     assert_eq!(count, cases.len());
 }
 
@@ -120,9 +193,16 @@ async fn malformed_requests_are_denied_without_ending_the_run() {
     let (w, _up, _dns) = setup("terminate").await;
     let head = raw_request(w.http, "GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n").await;
     assert_eq!(status_of(&head), 400, "{head}");
-    let head = raw_request(w.http, "GET https://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n").await;
+    let head = raw_request(
+        w.http,
+        "GET https://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&head), 501, "{head}");
-    let huge = format!("GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let huge = format!(
+        "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
     let head = raw_request(w.http, &huge).await;
     assert!(status_of(&head) == 431 || head.is_empty(), "{head}");
     let line = w.decision(|l| l["reason"] == "malformed_request").await;
@@ -137,8 +217,22 @@ async fn malformed_requests_are_denied_without_ending_the_run() {
 async fn an_allowed_name_that_does_not_resolve_fails_closed_without_a_violation() {
     let up = HttpUpstream::start().await;
     let dns = FakeDns::start(&[]).await;
-    let w = Warden::builder().allow("gone.test").dns(dns.addr).action("terminate").spawn().await;
-    let out = curl(&["-x", &w.proxy_url(), "-D", "-", "-o", "/dev/null", "http://gone.test/"]).await;
+    let w = Warden::builder()
+        .allow("gone.test")
+        .dns(dns.addr)
+        .action("terminate")
+        .spawn()
+        .await;
+    let out = curl(&[
+        "-x",
+        &w.proxy_url(),
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "http://gone.test/",
+    ])
+    .await;
     assert!(out.stdout.starts_with("HTTP/1.1 502"), "{out:?}");
     assert!(out.stdout.contains("error=dns_error"), "{out:?}");
     let line = w.decision_for("gone.test", "deny").await;
@@ -152,16 +246,27 @@ async fn an_allowed_name_that_does_not_resolve_fails_closed_without_a_violation(
 async fn dns_rebinding_to_loopback_through_an_allowed_name_is_denied() {
     let up = HttpUpstream::start().await;
     let dns = FakeDns::start(&[("rebind.test", &["127.0.0.1"])]).await;
-    let w = Warden::builder().allow("rebind.test:*").dns(dns.addr).spawn().await;
+    let w = Warden::builder()
+        .allow("rebind.test:*")
+        .dns(dns.addr)
+        .spawn()
+        .await;
     let url = format!("http://rebind.test:{}/", up.addr.port());
     let out = curl(&["-x", &w.proxy_url(), "-D", "-", "-o", "/dev/null", &url]).await;
     assert!(out.stdout.starts_with("HTTP/1.1 403"), "{out:?}");
-    assert!(out.stdout.contains("details=\"special_address\""), "{out:?}");
+    assert!(
+        out.stdout.contains("details=\"special_address\""),
+        "{out:?}"
+    );
     let line = w.decision_for("rebind.test", "deny").await;
     assert_eq!(line["reason"], "special_address");
     assert_eq!(line["ip"], "127.0.0.1");
     assert_eq!(line["detail"], "loopback 127.0.0.1");
-    assert_eq!(up.seen.connections(), 0, "the warden must not dial an address it refused");
+    assert_eq!(
+        up.seen.connections(),
+        0,
+        "the warden must not dial an address it refused"
+    );
 }
 
 #[tokio::test]
@@ -190,7 +295,10 @@ async fn request_bodies_are_forwarded_and_counted() {
     let data = format!("@{}", file.path().display());
     let url = format!("http://allowed.test:{}/upload", up.addr.port());
     let out = curl(&["-x", &w.proxy_url(), "--data-binary", &data, &url]).await;
-    assert!(out.stdout.contains("POST /upload") && out.stdout.contains("body=300000"), "{out:?}");
+    assert!(
+        out.stdout.contains("POST /upload") && out.stdout.contains("body=300000"),
+        "{out:?}"
+    );
     let line = w.decision(|l| l["method"] == "POST").await;
     assert!(line["bytes_up"].as_u64().unwrap() >= 300_000, "{line}");
 }
@@ -200,10 +308,21 @@ async fn metric_labels_never_carry_sandbox_chosen_names() {
     let (w, up, _dns) = setup("deny").await;
     let url = format!("http://allowed.test:{}/", up.addr.port());
     curl(&["-x", &w.proxy_url(), &url]).await;
-    curl(&["-x", &w.proxy_url(), "http://evil.test/", "http://unique-name-1234.test/"]).await;
+    curl(&[
+        "-x",
+        &w.proxy_url(),
+        "http://evil.test/",
+        "http://unique-name-1234.test/",
+    ])
+    .await;
     w.decision_for("unique-name-1234.test", "deny").await;
     let text = w.metrics().await;
-    for name in ["allowed.test", "evil.test", "unique-name-1234", &up.addr.port().to_string()] {
+    for name in [
+        "allowed.test",
+        "evil.test",
+        "unique-name-1234",
+        &up.addr.port().to_string(),
+    ] {
         assert!(!text.contains(name), "metrics expose {name}:\n{text}");
     }
 }

@@ -99,7 +99,9 @@ impl Conn {
                 a.set_host(auth.host());
                 a.port = auth.port_u16();
             }
-            return self.refuse(a, Reason::RunTerminated, None, "request refused").await;
+            return self
+                .refuse(a, Reason::RunTerminated, None, "request refused")
+                .await;
         }
         if req.method() == Method::CONNECT {
             self.connect(a, req).await
@@ -109,7 +111,13 @@ impl Conn {
     }
 
     /// Rules on a refusal for `reason`, records it and builds the response telling the client why.
-    async fn refuse(&self, mut a: Attempt, reason: Reason, detail: Option<String>, what: &str) -> Response<ProxyBody> {
+    async fn refuse(
+        &self,
+        mut a: Attempt,
+        reason: Reason,
+        detail: Option<String>,
+        what: &str,
+    ) -> Response<ProxyBody> {
         if let Some(d) = detail {
             a.set_detail(d);
         }
@@ -127,7 +135,8 @@ impl Conn {
         match err.denial() {
             Some(Reason::ResolveFailed) => {
                 a.error = Some(err.kind());
-                self.refuse(a, Reason::ResolveFailed, Some(err.to_string()), what).await
+                self.refuse(a, Reason::ResolveFailed, Some(err.to_string()), what)
+                    .await
             }
             // Every resolved address was refused: `dial` already ruled on it.
             Some(reason) => self.refused(a, reason, what).await,
@@ -143,7 +152,14 @@ impl Conn {
     async fn connect(&self, mut a: Attempt, req: Request<Incoming>) -> Response<ProxyBody> {
         let shared = &self.shared;
         let Some(auth) = req.uri().authority().cloned() else {
-            return self.refuse(a, Reason::MalformedRequest, Some("CONNECT without host:port".into()), "CONNECT").await;
+            return self
+                .refuse(
+                    a,
+                    Reason::MalformedRequest,
+                    Some("CONNECT without host:port".into()),
+                    "CONNECT",
+                )
+                .await;
         };
         a.set_host(auth.host());
         a.port = auth.port_u16();
@@ -151,7 +167,11 @@ impl Conn {
         let target = match Target::parse_authority(auth.as_str()) {
             Ok(t) => t,
             Err(e) => {
-                let reason = if e.is_noncanonical_ip() { Reason::NoncanonicalIp } else { Reason::MalformedRequest };
+                let reason = if e.is_noncanonical_ip() {
+                    Reason::NoncanonicalIp
+                } else {
+                    Reason::MalformedRequest
+                };
                 return self.refuse(a, reason, Some(e.to_string()), &what).await;
             }
         };
@@ -179,7 +199,17 @@ impl Conn {
                 }
             };
             let buffered = BytesMut::from(&parts.read_buf[..]);
-            tunnel::run(shared2, policy, a, parts.io.into_inner(), buffered, upstream, target, kill).await;
+            tunnel::run(
+                shared2,
+                policy,
+                a,
+                parts.io.into_inner(),
+                buffered,
+                upstream,
+                target,
+                kill,
+            )
+            .await;
         });
         Response::new(ProxyBody::empty())
     }
@@ -190,7 +220,11 @@ impl Conn {
             a.set_host(auth.host());
             a.port = Some(auth.port_u16().unwrap_or(80));
         }
-        let what = format!("{} {}", req.method(), a.host.as_deref().unwrap_or("(no host)"));
+        let what = format!(
+            "{} {}",
+            req.method(),
+            a.host.as_deref().unwrap_or("(no host)")
+        );
         let target = match request_target(&req) {
             Ok(t) => t,
             Err((reason, detail)) => return self.refuse(a, reason, Some(detail), &what).await,
@@ -202,12 +236,19 @@ impl Conn {
         if !a.decide(shared, &decision).proceeds() {
             return self.refused(a, decision.reason, &what).await;
         }
-        let authority = req.uri().authority().map(|x| x.as_str().to_owned()).unwrap_or_default();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|x| x.as_str().to_owned())
+            .unwrap_or_default();
         let mut slot = self.upstream.lock().await;
         let reusable = slot.as_ref().is_some_and(|u| {
             u.target == target
                 && u.is_usable()
-                && (u.rule.is_none() || policy.check_resolved(u.addr.ip(), target.port, u.rule.as_ref()).is_allow())
+                && (u.rule.is_none()
+                    || policy
+                        .check_resolved(u.addr.ip(), target.port, u.rule.as_ref())
+                        .is_allow())
         });
         if !reusable {
             *slot = None;
@@ -218,7 +259,17 @@ impl Conn {
             let rules = a.rule.iter().chain(upstream.rule.iter()).map(|r| &**r);
             let gate = Arc::new(UploadGate::new(shared.budgets.charge_for(rules)));
             let addr = upstream.addr;
-            match UpstreamHttp::start(shared, Listener::Http, target.clone(), upstream.stream, upstream.rule, gate, self.kill.clone()).await {
+            match UpstreamHttp::start(
+                shared,
+                Listener::Http,
+                target.clone(),
+                upstream.stream,
+                upstream.rule,
+                gate,
+                self.kill.clone(),
+            )
+            .await
+            {
                 Ok(u) => *slot = Some(u),
                 Err(_) => {
                     a.ip = Some(addr.ip());
@@ -239,18 +290,33 @@ fn request_target(req: &Request<Incoming>) -> Result<Target, (Reason, String)> {
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("http") => {}
         Some(s) => {
-            return Err((Reason::UnsupportedRequest, format!("{s}:// URLs are not proxied as plain HTTP; use CONNECT")));
+            return Err((
+                Reason::UnsupportedRequest,
+                format!("{s}:// URLs are not proxied as plain HTTP; use CONNECT"),
+            ));
         }
         None => {
-            return Err((Reason::MalformedRequest, "origin-form request: a proxy needs an absolute URI (http://host/...)".into()));
+            return Err((
+                Reason::MalformedRequest,
+                "origin-form request: a proxy needs an absolute URI (http://host/...)".into(),
+            ));
         }
     }
-    let auth = uri.authority().ok_or((Reason::MalformedRequest, "URI without a host".to_owned()))?;
+    let auth = uri
+        .authority()
+        .ok_or((Reason::MalformedRequest, "URI without a host".to_owned()))?;
     if auth.as_str().contains('@') {
-        return Err((Reason::MalformedRequest, "user info in the request URI".into()));
+        return Err((
+            Reason::MalformedRequest,
+            "user info in the request URI".into(),
+        ));
     }
     let target = Target::parse_authority_or(auth.as_str(), 80).map_err(|e| {
-        let reason = if e.is_noncanonical_ip() { Reason::NoncanonicalIp } else { Reason::MalformedRequest };
+        let reason = if e.is_noncanonical_ip() {
+            Reason::NoncanonicalIp
+        } else {
+            Reason::MalformedRequest
+        };
         (reason, e.to_string())
     })?;
     let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -259,10 +325,23 @@ fn request_target(req: &Request<Incoming>) -> Result<Target, (Reason, String)> {
         return Err((Reason::MalformedRequest, "several Host headers".into()));
     }
     if let Some(value) = first {
-        let text = value.to_str().map_err(|_| (Reason::MalformedRequest, "Host header is not ASCII".to_owned()))?;
-        let agrees = Target::parse_authority_or(text, target.port).is_ok_and(|h| h.host == target.host);
+        let text = value.to_str().map_err(|_| {
+            (
+                Reason::MalformedRequest,
+                "Host header is not ASCII".to_owned(),
+            )
+        })?;
+        let agrees =
+            Target::parse_authority_or(text, target.port).is_ok_and(|h| h.host == target.host);
         if !agrees {
-            return Err((Reason::HostMismatch, format!("Host header {:?} disagrees with the request target {}", bounded(text), target.host)));
+            return Err((
+                Reason::HostMismatch,
+                format!(
+                    "Host header {:?} disagrees with the request target {}",
+                    bounded(text),
+                    target.host
+                ),
+            ));
         }
     }
     Ok(target)

@@ -100,7 +100,18 @@ pub async fn accept_loop<H, F, R, RF>(
         let kill = (!shared.enforcer.is_terminated()).then(|| shared.enforcer.kill_token().clone());
         let open = shared.metrics.open_gauge(kind);
         open.inc();
-        let guard = ConnGuard { _permit: permit, open };
-        shared.tasks.spawn(handle(shared.clone(), Accepted { stream, client, guard, kill }));
+        let guard = ConnGuard {
+            _permit: permit,
+            open,
+        };
+        shared.tasks.spawn(handle(
+            shared.clone(),
+            Accepted {
+                stream,
+                client,
+                guard,
+                kill,
+            },
+        ));
     }
 }

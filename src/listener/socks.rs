@@ -73,7 +73,9 @@ pub async fn refuse(stream: TcpStream) {
 async fn handshake(s: &mut TcpStream) -> Result<(Address, u16), HandshakeError> {
     let version = match s.read_u8().await {
         Ok(v) => v,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(HandshakeError::Empty),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(HandshakeError::Empty);
+        }
         Err(e) => return Err(e.into()),
     };
     if version != VERSION {
@@ -121,7 +123,11 @@ async fn handshake(s: &mut TcpStream) -> Result<(Address, u16), HandshakeError> 
     Ok((address, port))
 }
 
-async fn send_reply(s: &mut TcpStream, reply: Reply, bound: Option<SocketAddr>) -> std::io::Result<()> {
+async fn send_reply(
+    s: &mut TcpStream,
+    reply: Reply,
+    bound: Option<SocketAddr>,
+) -> std::io::Result<()> {
     let bound = bound.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut out = vec![VERSION, reply as u8, 0];
     match bound.ip() {
@@ -154,7 +160,12 @@ fn dial_reply(err: &DialError) -> Reply {
 
 /// Serves one SOCKS5 connection.
 pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
-    let Accepted { mut stream, client, guard, kill } = acc;
+    let Accepted {
+        mut stream,
+        client,
+        guard,
+        kill,
+    } = acc;
     let _guard = guard;
     let mut a = Attempt::new(Listener::Socks, Some(client));
     let shake = tokio::time::timeout(shared.config.timeouts.handshake, handshake(&mut stream));
@@ -206,7 +217,11 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     let host = match host {
         Ok(h) => h,
         Err(e) => {
-            let reason = if e.is_noncanonical_ip() { Reason::NoncanonicalIp } else { Reason::MalformedRequest };
+            let reason = if e.is_noncanonical_ip() {
+                Reason::NoncanonicalIp
+            } else {
+                Reason::MalformedRequest
+            };
             let reply = refuse(a, Some(reason), Reply::NotAllowed, Some(e.to_string())).await;
             let _ = send_reply(&mut stream, reply, None).await;
             return;
@@ -250,10 +265,23 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         }
     };
     let bound = upstream.stream.local_addr().ok();
-    if send_reply(&mut stream, Reply::Succeeded, bound).await.is_err() {
+    if send_reply(&mut stream, Reply::Succeeded, bound)
+        .await
+        .is_err()
+    {
         a.error = Some("client_closed");
         shared.finish(a).await;
         return;
     }
-    tunnel::run(shared, policy, a, stream, BytesMut::new(), upstream, target, kill).await;
+    tunnel::run(
+        shared,
+        policy,
+        a,
+        stream,
+        BytesMut::new(),
+        upstream,
+        target,
+        kill,
+    )
+    .await;
 }

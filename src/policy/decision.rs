@@ -144,11 +144,21 @@ pub struct Decision {
 
 impl Decision {
     pub fn allow(reason: Reason, rule: Option<Arc<Rule>>) -> Self {
-        Self { verdict: Verdict::Allow, reason, rule, special: None }
+        Self {
+            verdict: Verdict::Allow,
+            reason,
+            rule,
+            special: None,
+        }
     }
 
     pub fn deny(reason: Reason) -> Self {
-        Self { verdict: Verdict::Deny, reason, rule: None, special: None }
+        Self {
+            verdict: Verdict::Deny,
+            reason,
+            rule: None,
+            special: None,
+        }
     }
 
     pub fn is_allow(&self) -> bool {
@@ -165,7 +175,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in Reason::ALL {
             let s = r.as_str();
-            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
             assert!(seen.insert(s), "duplicate {s}");
         }
         assert_eq!(seen.len(), Reason::ALL.len());

@@ -61,9 +61,9 @@ impl<T: Copy + Eq + std::hash::Hash + MaskBits> PrefixIndex<T> {
 
     /// Rule indices whose network contains `addr`, most specific first.
     fn matches(&self, addr: T) -> impl Iterator<Item = u32> + '_ {
-        self.by_len.iter().flat_map(move |(len, map)| {
-            map.get(&addr.mask(*len)).into_iter().flatten().copied()
-        })
+        self.by_len
+            .iter()
+            .flat_map(move |(len, map)| map.get(&addr.mask(*len)).into_iter().flatten().copied())
     }
 }
 
@@ -73,13 +73,21 @@ trait MaskBits {
 
 impl MaskBits for u32 {
     fn mask(self, len: u8) -> Self {
-        if len == 0 { 0 } else { self & (u32::MAX << (32 - u32::from(len))) }
+        if len == 0 {
+            0
+        } else {
+            self & (u32::MAX << (32 - u32::from(len)))
+        }
     }
 }
 
 impl MaskBits for u128 {
     fn mask(self, len: u8) -> Self {
-        if len == 0 { 0 } else { self & (u128::MAX << (128 - u32::from(len))) }
+        if len == 0 {
+            0
+        } else {
+            self & (u128::MAX << (128 - u32::from(len)))
+        }
     }
 }
 
@@ -108,14 +116,20 @@ impl Policy {
             let idx = u32::try_from(i).expect("fewer than 2^32 rules");
             match &rule.pattern {
                 Pattern::Exact(n) => policy.exact.entry(n.as_str().into()).or_default().push(idx),
-                Pattern::Wildcard(n) => {
-                    policy.wildcard.entry(n.as_str().into()).or_default().push(idx)
-                }
+                Pattern::Wildcard(n) => policy
+                    .wildcard
+                    .entry(n.as_str().into())
+                    .or_default()
+                    .push(idx),
                 Pattern::Net(IpNet::V4(net)) => {
-                    policy.v4.insert(u32::from(net.network()), net.prefix_len(), idx)
+                    policy
+                        .v4
+                        .insert(u32::from(net.network()), net.prefix_len(), idx)
                 }
                 Pattern::Net(IpNet::V6(net)) => {
-                    policy.v6.insert(u128::from(net.network()), net.prefix_len(), idx)
+                    policy
+                        .v6
+                        .insert(u128::from(net.network()), net.prefix_len(), idx)
                 }
             }
             policy.rules.push(Arc::new(rule));
@@ -172,7 +186,10 @@ impl Policy {
                 ..Decision::deny(Reason::PortNotAllowed)
             },
             HostMatch::None => match special::classify(ip) {
-                Some(s) => Decision { special: Some(s), ..Decision::deny(Reason::SpecialAddress) },
+                Some(s) => Decision {
+                    special: Some(s),
+                    ..Decision::deny(Reason::SpecialAddress)
+                },
                 None => Decision::deny(Reason::IpNotAllowed),
             },
         }
@@ -188,9 +205,10 @@ impl Policy {
         };
         match self.match_ip(ip, port) {
             HostMatch::Allowed(i) => Decision::allow(Reason::IpAllowed, Some(self.rule(i))),
-            HostMatch::PortOnly(_) | HostMatch::None => {
-                Decision { special: Some(s), ..Decision::deny(Reason::SpecialAddress) }
-            }
+            HostMatch::PortOnly(_) | HostMatch::None => Decision {
+                special: Some(s),
+                ..Decision::deny(Reason::SpecialAddress)
+            },
         }
     }
 

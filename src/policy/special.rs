@@ -120,7 +120,10 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Special> {
     let seg = ip.segments();
     let direct = |class| Some(Special { class, via: None });
     let embedded = |v4: Ipv4Addr, via| {
-        classify_v4(v4).map(|class| Special { class, via: Some(via) })
+        classify_v4(v4).map(|class| Special {
+            class,
+            via: Some(via),
+        })
     };
     let low32 = Ipv4Addr::new(
         (seg[6] >> 8) as u8,
@@ -138,8 +141,9 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Special> {
         // ::ffff:a.b.c.d — the same socket destination as a.b.c.d.
         [0, 0, 0, 0, 0, 0xffff, _, _] => embedded(low32, Embedding::Ipv4Mapped),
         // ::a.b.c.d (deprecated IPv4-compatible) — still routed to a.b.c.d by some stacks.
-        [0, 0, 0, 0, 0, 0, _, _] => embedded(low32, Embedding::Ipv4Compatible)
-            .or(direct(AddrClass::Reserved)),
+        [0, 0, 0, 0, 0, 0, _, _] => {
+            embedded(low32, Embedding::Ipv4Compatible).or(direct(AddrClass::Reserved))
+        }
         // 64:ff9b::/96 well-known NAT64 prefix.
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => embedded(low32, Embedding::Nat64),
         // 64:ff9b:1::/48 local-use NAT64 prefix (RFC 8215): translators inside the network.
@@ -234,18 +238,24 @@ mod tests {
             ("64:ff9b:1::a", Some((Nat64Local, None))),
             // Embedded IPv4, each noting the address it carries.
             ("::ffff:127.0.0.1", Some((Loopback, Some(Ipv4Mapped)))),
-            ("::ffff:169.254.169.254", Some((LinkLocal, Some(Ipv4Mapped)))),
+            (
+                "::ffff:169.254.169.254",
+                Some((LinkLocal, Some(Ipv4Mapped))),
+            ),
             ("::ffff:8.8.8.8", None),
             ("::10.0.0.1", Some((Private, Some(Ipv4Compatible)))),
             ("::8.8.8.8", Some((Reserved, None))),
             ("64:ff9b::7f00:1", Some((Loopback, Some(Nat64)))), // 127.0.0.1
             ("64:ff9b::a9fe:a9fe", Some((LinkLocal, Some(Nat64)))), // 169.254.169.254
-            ("64:ff9b::808:808", None), // 8.8.8.8
+            ("64:ff9b::808:808", None),                         // 8.8.8.8
             ("2002:7f00:1::", Some((Loopback, Some(SixToFour)))), // 127.0.0.1
             ("2002:a00:1::1", Some((Private, Some(SixToFour)))), // 10.0.0.1
-            ("2002:808:808::1", None), // 8.8.8.8
+            ("2002:808:808::1", None),                          // 8.8.8.8
             // Teredo client 127.0.0.1 is stored inverted: 0x80ff_fffe.
-            ("2001:0:4136:e378:8000:63bf:80ff:fffe", Some((Loopback, Some(Teredo)))),
+            (
+                "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                Some((Loopback, Some(Teredo))),
+            ),
             // Teredo with server 10.0.0.1 and a global client 8.8.8.8 (inverted f7f7:f7f7).
             ("2001:0:a00:1::f7f7:f7f7", Some((Private, Some(Teredo)))),
             ("2001:0:4136:e378::f7f7:f7f7", None),

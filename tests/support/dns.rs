@@ -24,7 +24,10 @@ impl FakeDns {
     pub async fn start(records: &[(&str, &[&str])]) -> Self {
         let table: Table = Arc::new(Mutex::new(HashMap::new()));
         for (name, addrs) in records {
-            table.lock().unwrap().insert(name.to_string(), addrs.iter().map(|a| a.parse().unwrap()).collect());
+            table.lock().unwrap().insert(
+                name.to_string(),
+                addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            );
         }
         let questions = Arc::new(Mutex::new(Vec::new()));
         // UDP and TCP on the same port: retry until both binds succeed.
@@ -39,7 +42,9 @@ impl FakeDns {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
-                let Ok((n, peer)) = udp.recv_from(&mut buf).await else { return };
+                let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+                    return;
+                };
                 if let Some(rsp) = answer(&buf[..n], &t, &q) {
                     let _ = udp.send_to(&rsp, peer).await;
                 }
@@ -48,7 +53,9 @@ impl FakeDns {
         let (t, q) = (table.clone(), questions.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = tcp.accept().await else { return };
+                let Ok((mut s, _)) = tcp.accept().await else {
+                    return;
+                };
                 let (t, q) = (t.clone(), q.clone());
                 tokio::spawn(async move {
                     loop {
@@ -57,19 +64,28 @@ impl FakeDns {
                         if s.read_exact(&mut msg).await.is_err() {
                             return;
                         }
-                        let Some(rsp) = answer(&msg, &t, &q) else { return };
+                        let Some(rsp) = answer(&msg, &t, &q) else {
+                            return;
+                        };
                         let _ = s.write_u16(rsp.len() as u16).await;
                         let _ = s.write_all(&rsp).await;
                     }
                 });
             }
         });
-        Self { addr, table, questions }
+        Self {
+            addr,
+            table,
+            questions,
+        }
     }
 
     /// Replaces the addresses of `name`.
     pub fn set(&self, name: &str, addrs: &[&str]) {
-        self.table.lock().unwrap().insert(name.into(), addrs.iter().map(|a| a.parse().unwrap()).collect());
+        self.table.lock().unwrap().insert(
+            name.into(),
+            addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        );
     }
 
     /// Every name asked for so far (lower case, no trailing dot).
@@ -86,10 +102,16 @@ fn answer(query: &[u8], table: &Table, questions: &Arc<Mutex<Vec<String>>>) -> O
     rsp.metadata.recursion_available = true;
     let mut known = false;
     for q in &msg.queries {
-        let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let name = q
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         questions.lock().unwrap().push(name.clone());
         rsp.add_query(q.clone());
-        let Some(addrs) = table.lock().unwrap().get(&name).cloned() else { continue };
+        let Some(addrs) = table.lock().unwrap().get(&name).cloned() else {
+            continue;
+        };
         known = true;
         for ip in addrs {
             let rdata = match (ip, q.query_type()) {

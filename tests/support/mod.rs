@@ -85,10 +85,27 @@ impl Builder {
         let mut cmd = Command::new(BIN);
         cmd.arg(if self.run.is_some() { "run" } else { "serve" });
         cmd.args(["--allowlist", path(&allow)])
-            .args(["--http-listen", "127.0.0.1:0", "--socks-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--ready-file", path(&ready), "--audit-log", path(&audit), "--summary-file", path(&summary)])
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--socks-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--ready-file",
+                path(&ready),
+                "--audit-log",
+                path(&audit),
+                "--summary-file",
+                path(&summary),
+            ])
             .args(["--on-violation", self.action])
-            .args(["--dns-upstream", &self.dns.map_or("127.0.0.1:9".into(), |a| a.to_string())])
+            .args([
+                "--dns-upstream",
+                &self.dns.map_or("127.0.0.1:9".into(), |a| a.to_string()),
+            ])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::fs::File::create(&stdout).unwrap())
@@ -99,11 +116,19 @@ impl Builder {
         }
         let mut child = cmd.spawn().expect("start egress-warden");
         let addrs: Value = eventually("the ready file", async || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("egress-warden exited early with {status}: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
+            if let Some(addrs) = std::fs::read_to_string(&ready)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                return Some(addrs);
             }
-            let text = std::fs::read_to_string(&ready).ok()?;
-            serde_json::from_str(&text).ok()
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "egress-warden exited early with {status}: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            None
         })
         .await;
         let addr = |k: &str| addrs[k].as_str().map(|s| s.parse::<SocketAddr>().unwrap());
@@ -145,7 +170,14 @@ pub struct Warden {
 
 impl Warden {
     pub fn builder() -> Builder {
-        Builder { allow: String::new(), dns: None, action: "deny", args: vec![], env: vec![], run: None }
+        Builder {
+            allow: String::new(),
+            dns: None,
+            action: "deny",
+            args: vec![],
+            env: vec![],
+            run: None,
+        }
     }
 
     pub fn proxy_url(&self) -> String {
@@ -157,21 +189,26 @@ impl Warden {
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}"))
+            })
             .collect()
     }
 
     /// Waits for a decision line matching `pred`.
     pub async fn decision(&self, pred: impl Fn(&Value) -> bool) -> Value {
         eventually("an audit decision line", async || {
-            self.audit_lines().into_iter().find(|l| l["event"] == "decision" && pred(l))
+            self.audit_lines()
+                .into_iter()
+                .find(|l| l["event"] == "decision" && pred(l))
         })
         .await
     }
 
     /// Waits for a decision line for `host` (and the given verdict).
     pub async fn decision_for(&self, host: &str, verdict: &str) -> Value {
-        self.decision(|l| l["host"] == host && l["verdict"] == verdict).await
+        self.decision(|l| l["host"] == host && l["verdict"] == verdict)
+            .await
     }
 
     pub async fn metrics(&self) -> String {
@@ -188,7 +225,10 @@ impl Warden {
             if last == Some(want) {
                 return;
             }
-            assert!(Instant::now() < deadline, "metric {name}{labels:?}: want {want}, last {last:?}\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "metric {name}{labels:?}: want {want}, last {last:?}\n{text}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -201,7 +241,10 @@ impl Warden {
     pub async fn exit(&mut self) -> ExitStatus {
         match tokio::time::timeout(PATIENCE, self.child.wait()).await {
             Ok(status) => status.unwrap(),
-            Err(_) => panic!("egress-warden did not exit; stderr:\n{}", self.stderr_text()),
+            Err(_) => panic!(
+                "egress-warden did not exit; stderr:\n{}",
+                self.stderr_text()
+            ),
         }
     }
 
@@ -216,31 +259,45 @@ impl Warden {
 
 /// Parses one sample `name{labels...}` from an exposition, matching the given labels.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-        if n != name {
-            return None;
-        }
-        let found: BTreeMap<&str, &str> = rest
-            .trim_end_matches('}')
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k, v.trim_matches('"')))
-            .collect();
-        labels.iter().all(|(k, v)| found.get(k) == Some(v)).then(|| value.parse().ok())?
-    })
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let found: BTreeMap<&str, &str> = rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            labels
+                .iter()
+                .all(|(k, v)| found.get(k) == Some(v))
+                .then(|| value.parse().ok())?
+        })
 }
 
 /// A minimal HTTP/1.0 GET (for the admin endpoints): returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -285,7 +342,10 @@ pub async fn read_head(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while !out.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("response in time").unwrap();
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("response in time")
+            .unwrap();
         if n == 0 {
             break;
         }
@@ -297,7 +357,9 @@ pub async fn read_head(s: &mut TcpStream) -> String {
 /// Opens a CONNECT tunnel through the HTTP listener; returns the stream and the status line.
 pub async fn connect_tunnel(proxy: SocketAddr, authority: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let head = read_head(&mut s).await;
     (s, head.lines().next().unwrap_or_default().to_owned())
 }
@@ -347,24 +409,44 @@ pub async fn read_response(s: &mut TcpStream) -> (String, String) {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await.expect("response in time").unwrap();
-        assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let len: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0);
     while buf.len() < head_end + len {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await.expect("body in time").unwrap();
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk))
+            .await
+            .expect("body in time")
+            .unwrap();
         assert!(n > 0, "connection closed mid-body");
         buf.extend_from_slice(&chunk[..n]);
     }
-    (head, String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned())
+    (
+        head,
+        String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned(),
+    )
 }
 
 /// The status code of a response head.
 pub fn status_of(head: &str) -> u16 {
-    head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }

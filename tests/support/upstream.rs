@@ -35,9 +35,19 @@ impl Seen {
 async fn describe(req: Request<Incoming>, tag: &'static str) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().to_string();
-    let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let proxy_auth = req.headers().contains_key("proxy-authorization");
-    let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     Response::new(Full::new(Bytes::from(format!(
         "{tag} {method} {path} host={host} body={body} proxy_auth={proxy_auth}\n"
     ))))
@@ -61,7 +71,9 @@ impl HttpUpstream {
         let s = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 tokio::spawn(async move {
@@ -69,7 +81,9 @@ impl HttpUpstream {
                         s.requests.fetch_add(1, Ordering::SeqCst);
                         async move { Ok::<_, Infallible>(describe(req, "plain").await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -91,10 +105,14 @@ impl TlsUpstream {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "egress-warden test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "egress-warden test CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf_params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let leaf_params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
@@ -113,20 +131,31 @@ impl TlsUpstream {
         let s = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let (acceptor, s) = (acceptor.clone(), s.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
                     let svc = service_fn(move |req| {
                         s.requests.fetch_add(1, Ordering::SeqCst);
                         async move { Ok::<_, Infallible>(describe(req, "tls").await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
                 });
             }
         });
-        Self { addr, ca_file, seen, _dir: dir }
+        Self {
+            addr,
+            ca_file,
+            seen,
+            _dir: dir,
+        }
     }
 
     pub fn ca(&self) -> &str {
@@ -155,7 +184,9 @@ impl ByteUpstream {
         let s = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
@@ -165,7 +196,10 @@ impl ByteUpstream {
                         return;
                     }
                     let mut words = line.split_whitespace();
-                    match (words.next(), words.next().and_then(|n| n.parse::<usize>().ok())) {
+                    match (
+                        words.next(),
+                        words.next().and_then(|n| n.parse::<usize>().ok()),
+                    ) {
                         (Some("echo"), _) => {
                             let _ = tokio::io::copy(&mut r, &mut w).await;
                             let _ = w.shutdown().await;

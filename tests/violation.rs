@@ -1,0 +1,282 @@
+//! What a violation does: `terminate` closes every connection, answers later requests "run
+//! terminated", exits 77 and (under `run`) kills the whole process tree; `deny` refuses only
+//! that connection; `report` lets it through and records it everywhere.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::dns::FakeDns;
+use support::upstream::{ByteUpstream, HttpUpstream};
+use support::{Warden, connect_tunnel, curl, raw_request, status_of};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn terminate_cuts_open_tunnels_refuses_later_requests_and_exits_77() {
+    let bytes = ByteUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let mut w = Warden::builder()
+        .allow("allowed.test:*")
+        .allow(&format!("127.0.0.1:{}", bytes.addr.port()))
+        .dns(dns.addr)
+        .action("terminate")
+        .arg("--termination-drain")
+        .arg("3s")
+        .spawn()
+        .await;
+    // An open, working tunnel.
+    let (mut tunnel, status) =
+        connect_tunnel(w.http, &format!("allowed.test:{}", bytes.addr.port())).await;
+    assert!(status.contains(" 200"), "{status}");
+    tunnel.write_all(b"echo\nping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+
+    // The violation: the violating client still learns why.
+    let out = curl(&["-x", &w.proxy_url(), "-D", "-", "http://evil.test/"]).await;
+    assert!(out.stdout.starts_with("HTTP/1.1 403"), "{out:?}");
+    assert!(out.stdout.contains("domain_not_allowed"), "{out:?}");
+
+    // The open tunnel is cut at once.
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(2), tunnel.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "the tunnel stayed open after termination");
+
+    // Later requests, even to allowed hosts, are refused as "run terminated".
+    let head = raw_request(
+        w.http,
+        "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    assert!(head.contains("details=\"run_terminated\""), "{head}");
+    let (status, _) = support::http_get(w.admin, "/readyz").await;
+    assert_eq!(status, 503);
+    let text = w.metrics().await;
+    assert_eq!(
+        support::sample(&text, "egress_warden_run_terminated", &[]),
+        Some(1.0),
+        "{text}"
+    );
+
+    assert_eq!(w.exit().await.code(), Some(77));
+    let lines = w.audit_lines();
+    assert_eq!(lines.first().unwrap()["event"], "start");
+    let end = lines.last().unwrap();
+    assert_eq!(end["event"], "end");
+    assert_eq!(end["outcome"], "terminated");
+    assert_eq!(end["exit_code"], 77);
+    assert_eq!(end["termination_reason"], "domain_not_allowed");
+    let cut_line = lines.iter().find(|l| l["method"] == "CONNECT").unwrap();
+    assert_eq!(cut_line["error"], "run_terminated");
+    assert!(lines.iter().any(|l| l["reason"] == "run_terminated"));
+    let summary = w.summary_json();
+    assert_eq!(summary["outcome"], "terminated");
+    assert_eq!(summary["exit_code"], 77);
+    assert_eq!(summary["violations_total"], 1);
+    assert_eq!(summary["violations"][0]["host"], "evil.test");
+    assert_eq!(summary["violations"][0]["reason"], "domain_not_allowed");
+    assert_eq!(summary["hosts"]["evil.test"]["denied"], 1);
+    assert!(
+        summary["policy_sha256"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead: only its exit status is left.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn run_kills_the_whole_process_tree_on_a_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // A background child, and a grandchild that left the process group with setsid.
+    let script = format!(
+        "sleep 1000 & echo $! > {d}/bg; \
+         setsid sh -c 'sleep 1000 & echo $! > {d}/escaped; wait' & \
+         while [ ! -s {d}/escaped ]; do sleep 0.01; done; \
+         curl -s -x $HTTP_PROXY http://evil.test/ > {d}/curl.out; \
+         sleep 1000"
+    );
+    let started = Instant::now();
+    let mut w = Warden::builder()
+        .action("terminate")
+        .run(&["sh", "-c", &script])
+        .spawn()
+        .await;
+    assert_eq!(w.exit().await.code(), Some(77), "{}", w.stderr_text());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for name in ["bg", "escaped"] {
+        let pid: i32 = std::fs::read_to_string(dir.path().join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!alive(pid), "{name} process {pid} survived");
+    }
+    let lines = w.audit_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["host"] == "evil.test" && l["violation"] == true)
+    );
+    assert_eq!(lines.last().unwrap()["outcome"], "terminated");
+}
+
+#[tokio::test]
+async fn run_sets_the_proxy_environment_and_exits_with_the_command_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env");
+    let script = format!(
+        "echo \"$HTTP_PROXY $http_proxy $HTTPS_PROXY $https_proxy $ALL_PROXY $all_proxy $NO_PROXY\" > {}; exit 3",
+        out.display()
+    );
+    let mut w = Warden::builder()
+        .run(&["sh", "-c", &script])
+        .env("HTTP_PROXY", "http://stale.example:1")
+        .spawn()
+        .await;
+    assert_eq!(w.exit().await.code(), Some(3));
+    let env = std::fs::read_to_string(&out).unwrap();
+    let http = format!("http://{}", w.http);
+    let socks = format!("socks5h://{}", w.socks);
+    assert_eq!(
+        env.trim(),
+        format!("{http} {http} {http} {http} {socks} {socks} localhost,127.0.0.1,::1")
+    );
+    assert_eq!(w.audit_lines().last().unwrap()["outcome"], "exited");
+    assert_eq!(w.summary_json()["exit_code"], 3);
+}
+
+#[tokio::test]
+async fn run_with_pip_style_clients_uses_the_proxy() {
+    // curl honours the variables `run` sets, without being told about the proxy.
+    let up = HttpUpstream::start().await;
+    let dns = FakeDns::start(&[("pkg.test", &["127.0.0.1"])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let url = format!("http://pkg.test:{}/simple/", up.addr.port());
+    let script = format!("curl -sS {url} > {}", out.display());
+    let mut w = Warden::builder()
+        .allow("pkg.test:*")
+        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .dns(dns.addr)
+        .run(&["sh", "-c", &script])
+        .spawn()
+        .await;
+    assert_eq!(w.exit().await.code(), Some(0), "{}", w.stderr_text());
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .starts_with("plain GET /simple/")
+    );
+}
+
+#[tokio::test]
+async fn report_lets_a_violation_through_and_records_it_everywhere() {
+    let up = HttpUpstream::start().await;
+    let dns = FakeDns::start(&[("unlisted.test", &["127.0.0.1"])]).await;
+    let mut w = Warden::builder()
+        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .dns(dns.addr)
+        .action("report")
+        .spawn()
+        .await;
+    let url = format!("http://unlisted.test:{}/rollout", up.addr.port());
+    let out = curl(&["-x", &w.proxy_url(), &url]).await;
+    assert!(out.stdout.starts_with("plain GET /rollout"), "{out:?}");
+    let line = w.decision_for("unlisted.test", "report").await;
+    assert_eq!(line["reason"], "domain_not_allowed");
+    assert_eq!(line["violation"], true);
+    assert!(line["bytes_down"].as_u64().unwrap() > 0);
+    w.metric_eq(
+        "egress_warden_decisions_total",
+        &[("verdict", "report"), ("reason", "domain_not_allowed")],
+        1.0,
+    )
+    .await;
+    w.metric_eq(
+        "egress_warden_violations_total",
+        &[("reason", "domain_not_allowed")],
+        1.0,
+    )
+    .await;
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.exit().await.code(), Some(0));
+    let summary = w.summary_json();
+    assert_eq!(summary["violations"][0]["verdict"], "report");
+    assert_eq!(summary["outcome"], "shutdown");
+}
+
+#[tokio::test]
+async fn deny_refuses_only_the_violating_connection() {
+    let up = HttpUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let w = Warden::builder()
+        .allow("allowed.test:*")
+        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .dns(dns.addr)
+        .action("deny")
+        .spawn()
+        .await;
+    let out = curl(&[
+        "-x",
+        &w.proxy_url(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://evil.test/",
+    ])
+    .await;
+    assert_eq!(out.stdout, "403");
+    let out = curl(&[
+        "-x",
+        &w.proxy_url(),
+        &format!("http://allowed.test:{}/", up.addr.port()),
+    ])
+    .await;
+    assert!(out.stdout.starts_with("plain GET"), "{out:?}");
+    assert_eq!(support::http_get(w.admin, "/readyz").await.0, 200);
+}
+
+#[tokio::test]
+async fn malformed_requests_end_the_run_only_when_asked() {
+    let mut w = Warden::builder()
+        .action("terminate")
+        .arg("--malformed-is-violation")
+        .spawn()
+        .await;
+    let head = raw_request(w.http, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&head), 400, "{head}");
+    assert_eq!(w.exit().await.code(), Some(77));
+    let line = w
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["reason"] == "malformed_request")
+        .unwrap();
+    assert_eq!(line["violation"], true);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_0() {
+    let mut w = Warden::builder().spawn().await;
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.exit().await.code(), Some(0));
+    let end = w.audit_lines().pop().unwrap();
+    assert_eq!(end["outcome"], "shutdown");
+    assert_eq!(end["exit_code"], 0);
+}

@@ -65,7 +65,8 @@ fn bad_configuration_exits_64_with_nothing_bound() {
     std::fs::write(&bad, "*\n").unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![
                 "serve",

@@ -10,7 +10,7 @@ pub mod upstream;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -217,11 +217,10 @@ impl Warden {
 
     /// Waits until the sample `name{labels}` (run_id implied) has value `want`.
     pub async fn metric_eq(&self, name: &str, labels: &[(&str, &str)], want: f64) {
-        let mut last = None;
         let deadline = Instant::now() + PATIENCE;
         loop {
             let text = self.metrics().await;
-            last = sample(&text, name, labels);
+            let last = sample(&text, name, labels);
             if last == Some(want) {
                 return;
             }

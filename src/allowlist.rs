@@ -708,6 +708,40 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_input_is_a_rule_or_an_error_never_a_panic() {
+        // A small deterministic generator over the characters rules are made of.
+        let alphabet: Vec<char> = "*.:/-_[]@# \t0123456789abcdefxyzABCDEF%üß=max-upload=MiB"
+            .chars()
+            .collect();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let line: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let (rules, errors) = parse_text("fuzz.txt", &line);
+            assert!(rules.len() + errors.len() <= 1, "{line:?}");
+            for rule in rules {
+                // Whatever parses has a canonical form that parses back to the same rule.
+                let (again, errs) = parse_text("fuzz.txt", &rule.canonical());
+                assert!(
+                    errs.is_empty(),
+                    "{line:?} -> {:?}: {errs:?}",
+                    rule.canonical()
+                );
+                assert_eq!(again[0].pattern, rule.pattern, "{line:?}");
+                assert_eq!(again[0].ports, rule.ports, "{line:?}");
+            }
+        }
+    }
+
+    #[test]
     fn long_lines_are_refused() {
         let line = format!("{}.com", "a".repeat(MAX_LINE_BYTES));
         assert_eq!(one(&line), Err(ParseErrorKind::LineTooLong));

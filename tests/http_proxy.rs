@@ -326,3 +326,51 @@ async fn metric_labels_never_carry_sandbox_chosen_names() {
         assert!(!text.contains(name), "metrics expose {name}:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_cleanly_and_recorded() {
+    let w = Warden::builder()
+        .arg("--max-connections")
+        .arg("2")
+        .spawn()
+        .await;
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(w.http).await.unwrap(),
+        TcpStream::connect(w.socks).await.unwrap(),
+    ];
+    // Both held connections are accepted (open gauge) before the third arrives.
+    w.metric_eq(
+        "egress_warden_connections_open",
+        &[("listener", "http")],
+        1.0,
+    )
+    .await;
+    w.metric_eq(
+        "egress_warden_connections_open",
+        &[("listener", "socks5")],
+        1.0,
+    )
+    .await;
+    let head = raw_request(
+        w.http,
+        "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 503, "{head}");
+    assert!(head.contains("connection_limit_reached"), "{head}");
+    let line = w.decision(|l| l["reason"] == "connection_limit").await;
+    assert_eq!(line["violation"], false);
+    drop(held);
+    w.metric_eq(
+        "egress_warden_connections_open",
+        &[("listener", "http")],
+        0.0,
+    )
+    .await;
+    let head = raw_request(
+        w.http,
+        "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 403, "a slot is free again: {head}");
+}

@@ -191,6 +191,25 @@ struct EndRecord<'a> {
     duration_ms: u64,
 }
 
+/// Writes the `--ready-file`, if asked for.
+fn announce_ready(config: &Config, addrs: &Addresses) -> std::io::Result<()> {
+    let Some(path) = &config.ready_file else {
+        return Ok(());
+    };
+    let ready = ReadyFile {
+        addrs,
+        pid: std::process::id(),
+        run_id: &config.run_id,
+    };
+    let json = serde_json::to_vec(&ready).expect("ready file serialises");
+    write_atomically(path, &json).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot write ready file {}: {e}", path.display()),
+        )
+    })
+}
+
 /// What ended the main loop.
 enum Ending {
     Signal(Signal),
@@ -291,18 +310,14 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
         listeners.spawn(admin::serve(shared.clone(), l, ready.clone(), stop.clone()));
     }
     ready.store(true, Ordering::SeqCst);
-    if let Some(path) = &config.ready_file {
-        let json = serde_json::to_vec(&ReadyFile {
-            addrs: &addrs,
-            pid: std::process::id(),
-            run_id: &config.run_id,
-        })
-        .expect("ready file serialises");
-        if let Err(e) = write_atomically(path, &json) {
-            eprintln!(
-                "egress-warden: cannot write ready file {}: {e}",
-                path.display()
-            );
+    let started_up = announce_ready(config, &addrs).and_then(|()| match &command {
+        Some(cmd) => Sandbox::spawn(cmd, &sandbox::proxy_env(addrs.http, addrs.socks)).map(Some),
+        None => Ok(None),
+    });
+    let mut sandbox = match started_up {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("egress-warden: {e}");
             stop.cancel();
             return finish(
                 &shared,
@@ -314,26 +329,6 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
             )
             .await;
         }
-    }
-
-    let mut sandbox = match &command {
-        Some(cmd) => match Sandbox::spawn(cmd, &sandbox::proxy_env(addrs.http, addrs.socks)) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("egress-warden: {e}");
-                stop.cancel();
-                return finish(
-                    &shared,
-                    &audit,
-                    audit_thread,
-                    started,
-                    EXIT_FAILURE,
-                    "failed",
-                )
-                .await;
-            }
-        },
-        None => None,
     };
     let sandbox_pid = sandbox.as_ref().map(Sandbox::pid);
 

@@ -17,6 +17,7 @@ use crate::audit::{Audit, DecisionRecord, SCHEMA, timestamp};
 use crate::budget::Budgets;
 use crate::config::Config;
 use crate::enforce::{Enforcer, Judgement, Ruling};
+use crate::host::Target;
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Policy, Reason};
@@ -189,6 +190,22 @@ impl Attempt {
         let ruling = shared.enforcer.judge(decision);
         self.ruling = Some(ruling);
         ruling.judgement
+    }
+
+    /// Records the target, decides it with the current policy snapshot and rules on the
+    /// decision. Returns the snapshot (the connection keeps using it) and the decision.
+    pub fn decide_target(&mut self, shared: &Shared, target: &Target) -> (Arc<Policy>, Decision) {
+        self.set_host(&target.host.to_string());
+        self.port = Some(target.port);
+        let policy = shared.policy();
+        let decision = policy.decide(target);
+        self.decide(shared, &decision);
+        (policy, decision)
+    }
+
+    /// Whether the attempt was ruled on and may go ahead.
+    pub fn proceeds(&self) -> bool {
+        self.ruling.is_some_and(|r| r.judgement.proceeds())
     }
 
     /// Records a denial for `reason` that did not come from the policy (protocol errors,

@@ -14,7 +14,7 @@ async fn a_tunnel_past_the_run_budget_is_cut_and_recorded() {
     let dns = FakeDns::start(&[("up.test", &["127.0.0.1"])]).await;
     let w = Warden::builder()
         .allow("up.test:*")
-        .allow(&format!("127.0.0.1:{}", bytes.addr.port()))
+        .upstream(bytes.addr)
         .dns(dns.addr)
         .arg("--max-upload-bytes")
         .arg("64KiB")
@@ -59,7 +59,7 @@ async fn a_rule_budget_refuses_a_large_plain_http_upload_and_can_end_the_run() {
     let dns = FakeDns::start(&[("upload.test", &["127.0.0.1"])]).await;
     let mut w = Warden::builder()
         .allow("upload.test:* max-upload=10KiB")
-        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .upstream(up.addr)
         .dns(dns.addr)
         .action("terminate")
         .spawn()
@@ -68,22 +68,8 @@ async fn a_rule_budget_refuses_a_large_plain_http_upload_and_can_end_the_run() {
     // Small requests fit.
     let out = curl(&["-x", &w.proxy_url(), "--data-binary", "small", &url]).await;
     assert!(out.stdout.contains("body=5"), "{out:?}");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), vec![b'x'; 100 * 1024]).unwrap();
-    let data = format!("@{}", file.path().display());
-    let out = curl(&[
-        "-x",
-        &w.proxy_url(),
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--data-binary",
-        &data,
-        &url,
-    ])
-    .await;
-    assert_eq!(out.stdout, "403", "{out:?}");
+    let (_file, data) = support::body_file(100 * 1024);
+    assert_eq!(w.status(&["--data-binary", &data, &url]).await, "403");
     assert_eq!(w.exit().await.code(), Some(77));
     let line = w
         .audit_lines()

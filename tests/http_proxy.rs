@@ -20,7 +20,7 @@ async fn setup(action: &'static str) -> (Warden, HttpUpstream, FakeDns) {
     .await;
     let w = Warden::builder()
         .allow("allowed.test:*")
-        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .upstream(up.addr)
         .dns(dns.addr)
         .action(action)
         .spawn()
@@ -141,19 +141,7 @@ async fn every_request_on_a_keep_alive_connection_is_decided() {
 async fn a_conflicting_host_header_is_denied() {
     let (w, up, _dns) = setup("deny").await;
     let url = format!("http://allowed.test:{}/", up.addr.port());
-    let out = curl(&[
-        "-x",
-        &w.proxy_url(),
-        "-H",
-        "Host: evil.test",
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        &url,
-    ])
-    .await;
-    assert_eq!(out.stdout, "403", "{out:?}");
+    assert_eq!(w.status(&["-H", "Host: evil.test", &url]).await, "403");
     let line = w.decision(|l| l["reason"] == "host_mismatch").await;
     assert_eq!(line["host"], "allowed.test");
     assert!(
@@ -276,7 +264,7 @@ async fn only_checked_addresses_are_dialled_when_some_answers_are_refused() {
     let dns = FakeDns::start(&[("mixed.test", &["127.0.0.2", "127.0.0.1"])]).await;
     let w = Warden::builder()
         .allow("mixed.test:*")
-        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .upstream(up.addr)
         .dns(dns.addr)
         .spawn()
         .await;
@@ -290,9 +278,7 @@ async fn only_checked_addresses_are_dialled_when_some_answers_are_refused() {
 #[tokio::test]
 async fn request_bodies_are_forwarded_and_counted() {
     let (w, up, _dns) = setup("deny").await;
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), "x".repeat(300_000)).unwrap();
-    let data = format!("@{}", file.path().display());
+    let (_file, data) = support::body_file(300_000);
     let url = format!("http://allowed.test:{}/upload", up.addr.port());
     let out = curl(&["-x", &w.proxy_url(), "--data-binary", &data, &url]).await;
     assert!(

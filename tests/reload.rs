@@ -6,7 +6,7 @@ mod support;
 use nix::sys::signal::Signal;
 use support::dns::FakeDns;
 use support::upstream::HttpUpstream;
-use support::{Warden, curl};
+use support::Warden;
 
 #[tokio::test]
 async fn sighup_applies_a_good_file_and_survives_a_bad_one() {
@@ -24,19 +24,7 @@ async fn sighup_applies_a_good_file_and_survives_a_bad_one() {
         .spawn()
         .await;
     let url = |host: &str| format!("http://{host}:{}/", up.addr.port());
-    let code = async |host: &str| {
-        curl(&[
-            "-x",
-            &w.proxy_url(),
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url(host),
-        ])
-        .await
-        .stdout
-    };
+    let code = async |host: &str| w.status(&[&url(host)]).await;
     assert_eq!(code("first.test").await, "200");
     assert_eq!(code("second.test").await, "403");
     let old_hash = w.audit_lines()[0]["policy_sha256"]

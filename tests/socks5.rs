@@ -15,7 +15,7 @@ async fn curl_through_socks5_with_remote_dns_reaches_an_allowed_name() {
     let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
     let w = Warden::builder()
         .allow("allowed.test:*")
-        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .upstream(up.addr)
         .dns(dns.addr)
         .spawn()
         .await;
@@ -39,7 +39,7 @@ async fn https_through_socks5_checks_sni() {
     let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
     let w = Warden::builder()
         .allow("allowed.test:*")
-        .allow(&format!("127.0.0.1:{}", tls.addr.port()))
+        .upstream(tls.addr)
         .dns(dns.addr)
         .spawn()
         .await;

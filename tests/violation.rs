@@ -17,7 +17,7 @@ async fn terminate_cuts_open_tunnels_refuses_later_requests_and_exits_77() {
     let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
     let mut w = Warden::builder()
         .allow("allowed.test:*")
-        .allow(&format!("127.0.0.1:{}", bytes.addr.port()))
+        .upstream(bytes.addr)
         .dns(dns.addr)
         .action("terminate")
         .arg("--termination-drain")
@@ -172,7 +172,7 @@ async fn run_with_pip_style_clients_uses_the_proxy() {
     let script = format!("curl -sS {url} > {}", out.display());
     let mut w = Warden::builder()
         .allow("pkg.test:*")
-        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .upstream(up.addr)
         .dns(dns.addr)
         .run(&["sh", "-c", &script])
         .spawn()
@@ -190,7 +190,7 @@ async fn report_lets_a_violation_through_and_records_it_everywhere() {
     let up = HttpUpstream::start().await;
     let dns = FakeDns::start(&[("unlisted.test", &["127.0.0.1"])]).await;
     let mut w = Warden::builder()
-        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .upstream(up.addr)
         .dns(dns.addr)
         .action("report")
         .spawn()
@@ -227,22 +227,12 @@ async fn deny_refuses_only_the_violating_connection() {
     let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
     let w = Warden::builder()
         .allow("allowed.test:*")
-        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .upstream(up.addr)
         .dns(dns.addr)
         .action("deny")
         .spawn()
         .await;
-    let out = curl(&[
-        "-x",
-        &w.proxy_url(),
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://evil.test/",
-    ])
-    .await;
-    assert_eq!(out.stdout, "403");
+    assert_eq!(w.status(&["http://evil.test/"]).await, "403");
     let out = curl(&[
         "-x",
         &w.proxy_url(),

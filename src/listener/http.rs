@@ -175,11 +175,8 @@ impl Conn {
                 return self.refuse(a, reason, Some(e.to_string()), &what).await;
             }
         };
-        a.set_host(&target.host.to_string());
-        a.port = Some(target.port);
-        let policy = shared.policy();
-        let decision = policy.decide(&target);
-        if !a.decide(shared, &decision).proceeds() {
+        let (policy, decision) = a.decide_target(shared, &target);
+        if !a.proceeds() {
             return self.refused(a, decision.reason, &what).await;
         }
         let upstream = match dial(shared, &policy, &target, &mut a).await {
@@ -229,11 +226,8 @@ impl Conn {
             Ok(t) => t,
             Err((reason, detail)) => return self.refuse(a, reason, Some(detail), &what).await,
         };
-        a.set_host(&target.host.to_string());
-        a.port = Some(target.port);
-        let policy = shared.policy();
-        let decision = policy.decide(&target);
-        if !a.decide(shared, &decision).proceeds() {
+        let (policy, decision) = a.decide_target(shared, &target);
+        if !a.proceeds() {
             return self.refused(a, decision.reason, &what).await;
         }
         let authority = req

@@ -228,15 +228,14 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         }
     };
     let target = Target::new(host, port);
-    a.set_host(&target.host.to_string());
     if shared.enforcer.is_terminated() {
+        a.set_host(&target.host.to_string());
         let reply = refuse(a, Some(Reason::RunTerminated), Reply::NotAllowed, None).await;
         let _ = send_reply(&mut stream, reply, None).await;
         return;
     }
-    let policy = shared.policy();
-    let decision = policy.decide(&target);
-    if !a.decide(&shared, &decision).proceeds() {
+    let (policy, _) = a.decide_target(&shared, &target);
+    if !a.proceeds() {
         let reply = refuse(a, None, Reply::NotAllowed, None).await;
         let _ = send_reply(&mut stream, reply, None).await;
         return;

@@ -50,6 +50,11 @@ impl Builder {
         self.allow.push('\n');
         self
     }
+    /// Allows the loopback upstream at `addr`: loopback is a special address, so a name that
+    /// resolves to it needs this IP rule next to its name rule.
+    pub fn upstream(self, addr: SocketAddr) -> Self {
+        self.allow(&addr.to_string())
+    }
     pub fn dns(mut self, addr: SocketAddr) -> Self {
         self.dns = Some(addr);
         self
@@ -184,6 +189,21 @@ impl Warden {
         format!("http://{}", self.http)
     }
 
+    /// The HTTP status curl got for `args` through the HTTP listener.
+    pub async fn status(&self, args: &[&str]) -> String {
+        let proxy = self.proxy_url();
+        let mut all = vec![
+            "-x",
+            proxy.as_str(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
+        all.extend_from_slice(args);
+        curl(&all).await.stdout
+    }
+
     /// Every audit line written so far.
     pub fn audit_lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.audit)
@@ -277,6 +297,14 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 .all(|(k, v)| found.get(k) == Some(v))
                 .then(|| value.parse().ok())?
         })
+}
+
+/// A temporary file of `len` bytes and the `@path` curl takes to send it as a body.
+pub fn body_file(len: usize) -> (tempfile::NamedTempFile, String) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vec![b'x'; len]).unwrap();
+    let arg = format!("@{}", file.path().display());
+    (file, arg)
 }
 
 /// A minimal HTTP/1.0 GET (for the admin endpoints): returns status and body.

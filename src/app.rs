@@ -51,8 +51,36 @@ pub fn main_with(cli: Cli) -> i32 {
             let ok = check::check(&args.paths, &mut std::io::stdout(), &mut std::io::stderr());
             if ok { EXIT_OK } else { EXIT_USAGE }
         }
+        Command::Init(args) => init(&args),
         Command::Serve(options) => start(&options, None),
         Command::Run(args) => start(&args.options, Some(args.command)),
+    }
+}
+
+/// `egress-warden init`: install, remove or print the capture ruleset.
+fn init(args: &crate::config::InitArgs) -> i32 {
+    let spec = match args.capture.spec() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("egress-warden: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if args.print {
+        print!("{}", crate::capture::ruleset::nft_text(&spec));
+        return EXIT_OK;
+    }
+    let result = if args.remove {
+        crate::capture::remove()
+    } else {
+        crate::capture::install(&spec).and_then(|()| crate::capture::verify(&spec))
+    };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("egress-warden init: {e}");
+            EXIT_FAILURE
+        }
     }
 }
 

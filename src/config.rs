@@ -33,6 +33,110 @@ pub enum Command {
     Run(RunArgs),
     /// Validate allowlists and print each rule's normalised form; exit 64 on any error.
     Check(CheckArgs),
+    /// Install the transparent-capture ruleset (nftables) in this network namespace.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub capture: CaptureOptions,
+    /// Remove the ruleset instead (no error if it is not installed).
+    #[arg(long, conflicts_with = "print")]
+    pub remove: bool,
+    /// Print the ruleset as nft text instead of installing it.
+    #[arg(long)]
+    pub print: bool,
+}
+
+/// Where captured traffic goes, shared by `init` and `serve` so the two always agree.
+#[derive(Debug, Clone, Args)]
+pub struct CaptureOptions {
+    /// Port of the transparent listener (on 127.0.0.1 and ::1) that captured TCP is redirected to.
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_TRANSPARENT_PORT",
+        default_value_t = 15001,
+        value_name = "PORT"
+    )]
+    pub transparent_port: u16,
+    /// Port of the DNS listener (UDP and TCP, on 127.0.0.1 and ::1) that captured DNS is redirected to.
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_DNS_PORT",
+        default_value_t = 15353,
+        value_name = "PORT"
+    )]
+    pub dns_port: u16,
+    /// The admin port, which the sandbox may not reach over loopback; `off` for none.
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_ADMIN_PORT",
+        default_value = "9090",
+        value_name = "PORT|off"
+    )]
+    pub admin_port: String,
+    /// SO_MARK of the warden's own upstream sockets, exempt from capture (needs CAP_NET_ADMIN).
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_MARK",
+        default_value = "0x6577",
+        value_name = "N"
+    )]
+    pub mark: String,
+}
+
+impl CaptureOptions {
+    /// The ruleset these options describe.
+    pub fn spec(&self) -> Result<crate::capture::Spec, ConfigError> {
+        let port = |flag: &'static str, v: u16| {
+            if v == 0 {
+                Err(invalid(flag, "0", "expected a port from 1 to 65535"))
+            } else {
+                Ok(v)
+            }
+        };
+        let admin_port = match self.admin_port.as_str() {
+            "off" => None,
+            v => Some(
+                crate::host::parse_port(v)
+                    .ok_or_else(|| invalid("admin-port", v, "expected a port or 'off'"))?,
+            ),
+        };
+        let mark = parse_mark(&self.mark).ok_or_else(|| {
+            invalid(
+                "mark",
+                &self.mark,
+                "expected a non-zero 32-bit number (decimal or 0x-hex)",
+            )
+        })?;
+        let spec = crate::capture::Spec {
+            mark,
+            transparent_port: port("transparent-port", self.transparent_port)?,
+            dns_port: port("dns-port", self.dns_port)?,
+            admin_port,
+        };
+        if spec.transparent_port == spec.dns_port
+            || Some(spec.transparent_port) == admin_port
+            || Some(spec.dns_port) == admin_port
+        {
+            return Err(invalid(
+                "transparent-port",
+                &spec.transparent_port.to_string(),
+                "the transparent, DNS and admin ports must differ",
+            ));
+        }
+        Ok(spec)
+    }
+}
+
+/// A socket mark: decimal or `0x` hex, non-zero.
+pub fn parse_mark(s: &str) -> Option<u32> {
+    let n = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+        None => s.parse().ok()?,
+    };
+    (n != 0).then_some(n)
 }
 
 #[derive(Debug, Args)]

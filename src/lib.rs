@@ -8,6 +8,7 @@ pub mod allowlist;
 pub mod app;
 pub mod audit;
 pub mod budget;
+pub mod capture;
 pub mod check;
 pub mod config;
 pub mod connect;

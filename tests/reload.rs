@@ -4,9 +4,9 @@
 mod support;
 
 use nix::sys::signal::Signal;
+use support::Warden;
 use support::dns::FakeDns;
 use support::upstream::HttpUpstream;
-use support::Warden;
 
 #[tokio::test]
 async fn sighup_applies_a_good_file_and_survives_a_bad_one() {

@@ -49,6 +49,14 @@ fn route(shared: &Shared, ready: &AtomicBool, req: &Request<Incoming>) -> Respon
         "/readyz" if shared.enforcer.is_terminated() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "run terminated\n")
         }
+        "/readyz"
+            if shared.config.capture.is_some() && !shared.enforcement.load(Ordering::SeqCst) =>
+        {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "capture not (yet) proven\n",
+            )
+        }
         "/readyz" if ready.load(Ordering::SeqCst) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
         _ => text(

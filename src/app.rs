@@ -18,13 +18,15 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::allowlist;
 use crate::audit::{Audit, SCHEMA, timestamp};
+use crate::capture::netns::Namespace;
+use crate::capture::place::Place;
 use crate::config::{Cli, Command, Config, Options};
 use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
@@ -32,7 +34,7 @@ use crate::policy::Policy;
 use crate::sandbox::{self, Sandbox};
 use crate::state::{Shared, bounded};
 use crate::summary::{RunInfo, write_atomically};
-use crate::{admin, check};
+use crate::{admin, bind, capture, check};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
@@ -41,8 +43,8 @@ pub const EXIT_VIOLATION: i32 = 77;
 
 /// How long a terminating violation may take to kill the sandbox's process tree.
 const KILL_WITHIN: Duration = Duration::from_secs(1);
-/// Accept backlog of each listener.
-const BACKLOG: u32 = 1024;
+/// How often the capture ruleset is read back and its drop counters refreshed.
+const CAPTURE_CHECK: Duration = Duration::from_secs(5);
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn main_with(cli: Cli) -> i32 {
@@ -52,14 +54,62 @@ pub fn main_with(cli: Cli) -> i32 {
             if ok { EXIT_OK } else { EXIT_USAGE }
         }
         Command::Init(args) => init(&args),
-        Command::Serve(options) => start(&options, None),
-        Command::Run(args) => start(&args.options, Some(args.command)),
+        Command::Serve(options) => start(&options, None, false),
+        Command::Run(args) => start(&args.options, Some(args.command), args.isolate),
+        Command::SandboxExec(args) => sandbox_exec(&args),
+    }
+}
+
+/// The `sandbox-exec` trampoline: enter the sandbox namespace without privileges, exec CMD.
+fn sandbox_exec(args: &crate::config::SandboxExecArgs) -> i32 {
+    if let Err(e) = capture::netns::enter_and_drop_privileges(&args.netns) {
+        eprintln!("egress-warden sandbox-exec: {e}");
+        return 126;
+    }
+    let e = sandbox::exec(&args.command);
+    eprintln!("egress-warden sandbox-exec: {e}");
+    127
+}
+
+/// Reads the capture ruleset back every few seconds: a change ends the run (traffic would no
+/// longer be policed), and the drop counters feed the metrics.
+async fn watch_capture(
+    shared: Arc<Shared>,
+    place: Arc<Place>,
+    spec: capture::Spec,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(CAPTURE_CHECK) => {}
+            () = stop.cancelled() => return,
+        }
+        let place = place.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || capture::place::inspect(&place, &spec)).await;
+        match checked {
+            Ok(Ok(counters)) => {
+                for (class, n) in counters {
+                    shared.metrics.set_dropped(class.as_str(), n);
+                }
+            }
+            _ if stop.is_cancelled() => return,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "transparent capture no longer verified");
+                shared.enforcement.store(false, Ordering::SeqCst);
+                shared.metrics.set_enforcement(false);
+                lost.cancel();
+                return;
+            }
+            Err(_) => return,
+        }
     }
 }
 
 /// `egress-warden init`: install, remove or print the capture ruleset.
 fn init(args: &crate::config::InitArgs) -> i32 {
-    let spec = match args.capture.spec() {
+    let spec = match args.spec() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("egress-warden: {e}");
@@ -84,9 +134,15 @@ fn init(args: &crate::config::InitArgs) -> i32 {
     }
 }
 
-fn start(options: &Options, command: Option<Vec<OsString>>) -> i32 {
+fn start(options: &Options, command: Option<Vec<OsString>>, isolate: bool) -> i32 {
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").ok();
-    let config = match options.validate(resolv_conf.as_deref()) {
+    let validated = options.validate(resolv_conf.as_deref());
+    let validated = if isolate {
+        validated.and_then(|c| c.isolate(options))
+    } else {
+        validated
+    };
+    let config = match validated {
         Ok(c) => c,
         Err(e) => {
             eprintln!("egress-warden: {e}");
@@ -128,38 +184,6 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
-async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(addr)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
-    socket.listen(BACKLOG)
-}
-
-struct Bound {
-    http: TcpListener,
-    socks: Option<TcpListener>,
-    admin: Option<TcpListener>,
-}
-
-async fn bind_all(config: &Config) -> std::io::Result<Bound> {
-    let http = bind(config.http_listen).await?;
-    let socks = match config.socks_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
-    let admin = match config.admin_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
-    Ok(Bound { http, socks, admin })
-}
-
 /// The `--ready-file` contents (and the listener addresses in the start record).
 #[derive(Serialize)]
 struct Addresses {
@@ -190,6 +214,9 @@ struct StartRecord<'a> {
     rules: usize,
     listeners: &'a Addresses,
     max_upload_bytes: Option<u64>,
+    /// The capture ruleset in force (nft text), when capture is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capture: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -241,6 +268,8 @@ fn announce_ready(config: &Config, addrs: &Addresses) -> std::io::Result<()> {
 /// What ended the main loop.
 enum Ending {
     Signal(Signal),
+    /// The capture ruleset changed or vanished while the run was going on.
+    CaptureLost(String),
     Terminated,
     ChildExited(std::io::Result<std::process::ExitStatus>),
     AuditFailed,
@@ -266,30 +295,53 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
             return EXIT_FAILURE;
         }
     };
-    let bound = match bind_all(&config).await {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("egress-warden: {e}");
-            audit.close().await;
-            audit_thread.join();
-            return EXIT_FAILURE;
-        }
+    let fail = async |message: String| {
+        eprintln!("egress-warden: {message}");
+        audit.close().await;
+        EXIT_FAILURE
     };
+    // Where the sandbox's traffic is captured: here, or in a namespace made for it.
+    let place = if config.isolate {
+        match Namespace::create() {
+            Ok(ns) => Place::Inside(ns),
+            Err(e) => return fail(e.to_string()).await,
+        }
+    } else {
+        Place::Here
+    };
+    let place = Arc::new(place);
+    let facing = match place.run(|| bind::sandbox_facing(&config)) {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return fail(e.to_string()).await,
+        Err(e) => return fail(e.to_string()).await,
+    };
+    let admin_listener = match config
+        .admin_listen
+        .map(|a| bind::tcp(a, "admin"))
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => return fail(e.to_string()).await,
+    };
+    if let Some(capture) = &config.capture
+        && let Err(e) = capture::place::establish(&place, capture)
+    {
+        return fail(format!("transparent capture could not be established: {e}")).await;
+    }
     let (Ok(mut sigterm), Ok(mut sigint), Ok(mut sighup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
-        eprintln!("egress-warden: cannot install signal handlers");
-        return EXIT_FAILURE;
+        return fail("cannot install signal handlers".into()).await;
     };
     let addrs = Addresses {
-        http: bound
+        http: facing
             .http
             .local_addr()
             .expect("bound socket has an address"),
-        socks: bound.socks.as_ref().and_then(|l| l.local_addr().ok()),
-        admin: bound.admin.as_ref().and_then(|l| l.local_addr().ok()),
+        socks: facing.socks.as_ref().and_then(|l| l.local_addr().ok()),
+        admin: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let shared = Arc::new(Shared::new(config, policy, metrics, audit.clone()));
     let config = &shared.config;
@@ -302,13 +354,21 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
                 ts: timestamp(started),
                 run_id: &config.run_id,
                 version: env!("CARGO_PKG_VERSION"),
-                mode: if command.is_some() { "run" } else { "serve" },
+                mode: match (&command, config.isolate) {
+                    (Some(_), true) => "run --isolate",
+                    (Some(_), false) => "run",
+                    (None, _) => "serve",
+                },
                 action: config.action.as_str(),
                 policy_sha256: policy.sha256(),
                 allowlists: file_names(&policy),
                 rules: policy.rules().len(),
                 listeners: &addrs,
                 max_upload_bytes: config.max_upload_bytes,
+                capture: config
+                    .capture
+                    .as_ref()
+                    .map(|c| crate::capture::ruleset::nft_text(&c.spec)),
             })
             .await;
     }
@@ -316,30 +376,142 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
     let stop = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let mut listeners = JoinSet::new();
-    listeners.spawn(listener::accept_loop(
-        shared.clone(),
-        bound.http,
-        Listener::Http,
-        stop.clone(),
-        listener::http::serve,
-        listener::http::refuse,
-    ));
-    if let Some(l) = bound.socks {
-        listeners.spawn(listener::accept_loop(
-            shared.clone(),
-            l,
-            Listener::Socks,
-            stop.clone(),
-            listener::socks::serve,
-            listener::socks::refuse,
-        ));
+    let spawned = (|| -> std::io::Result<()> {
+        let mut accept = |l, kind, handle, refuse| {
+            listener::spawn_accept(&mut listeners, &shared, &stop, l, kind, handle, refuse)
+        };
+        accept(
+            facing.http,
+            Listener::Http,
+            listener::http::serve,
+            listener::http::refuse,
+        )?;
+        if let Some(l) = facing.socks {
+            listener::spawn_accept(
+                &mut listeners,
+                &shared,
+                &stop,
+                l,
+                Listener::Socks,
+                listener::socks::serve,
+                listener::socks::refuse,
+            )?;
+        }
+        for l in facing.transparent {
+            listener::spawn_accept(
+                &mut listeners,
+                &shared,
+                &stop,
+                l,
+                Listener::Transparent,
+                listener::transparent::serve,
+                listener::transparent::refuse,
+            )?;
+        }
+        let dns = listener::dns::DnsState::new(config.dns.rate);
+        for l in facing.dns_tcp {
+            let dns = dns.clone();
+            let handle = move |shared, acc| listener::dns::serve_tcp(shared, dns.clone(), acc);
+            listener::spawn_accept(
+                &mut listeners,
+                &shared,
+                &stop,
+                l,
+                Listener::Dns,
+                handle,
+                listener::dns::refuse,
+            )?;
+        }
+        for s in facing.dns_udp {
+            let s = tokio::net::UdpSocket::from_std(s)?;
+            listeners.spawn(listener::dns::serve_udp(
+                shared.clone(),
+                dns.clone(),
+                s,
+                stop.clone(),
+            ));
+        }
+        if let Some(l) = admin_listener {
+            listeners.spawn(admin::serve(
+                shared.clone(),
+                TcpListener::from_std(l)?,
+                ready.clone(),
+                stop.clone(),
+            ));
+        }
+        Ok(())
+    })();
+    if let Err(e) = spawned {
+        eprintln!("egress-warden: {e}");
+        stop.cancel();
+        return finish(
+            &shared,
+            &audit,
+            audit_thread,
+            started,
+            EXIT_FAILURE,
+            "failed",
+        )
+        .await;
     }
-    if let Some(l) = bound.admin {
-        listeners.spawn(admin::serve(shared.clone(), l, ready.clone(), stop.clone()));
+    // Capture is proven by probes before anything is announced, and watched while the run lasts.
+    let capture_lost = CancellationToken::new();
+    if let Some(capture) = &config.capture {
+        let (shared2, place2) = (shared.clone(), place.clone());
+        let report =
+            tokio::task::spawn_blocking(move || capture::place::prove(&place2, &shared2.probes))
+                .await
+                .expect("probe task does not panic");
+        match report {
+            Ok(r) if r.ok() => tracing::info!(report = %r.describe(), "transparent capture proven"),
+            Ok(r) => {
+                eprintln!(
+                    "egress-warden: transparent capture is not effective: {}",
+                    r.describe()
+                );
+                stop.cancel();
+                return finish(
+                    &shared,
+                    &audit,
+                    audit_thread,
+                    started,
+                    EXIT_FAILURE,
+                    "failed",
+                )
+                .await;
+            }
+            Err(e) => {
+                eprintln!("egress-warden: transparent capture could not be probed: {e}");
+                stop.cancel();
+                return finish(
+                    &shared,
+                    &audit,
+                    audit_thread,
+                    started,
+                    EXIT_FAILURE,
+                    "failed",
+                )
+                .await;
+            }
+        }
+        shared.enforcement.store(true, Ordering::SeqCst);
+        shared.metrics.set_enforcement(true);
+        tokio::spawn(watch_capture(
+            shared.clone(),
+            place.clone(),
+            capture.spec,
+            capture_lost.clone(),
+            stop.clone(),
+        ));
     }
     ready.store(true, Ordering::SeqCst);
     let started_up = announce_ready(config, &addrs).and_then(|()| match &command {
-        Some(cmd) => Sandbox::spawn(cmd, &sandbox::proxy_env(addrs.http, addrs.socks)).map(Some),
+        Some(cmd) => Sandbox::spawn(
+            cmd,
+            &sandbox::proxy_env(addrs.http, addrs.socks),
+            place.netns_path(),
+        )
+        .map(Some),
         None => Ok(None),
     });
     let mut sandbox = match started_up {
@@ -375,6 +547,7 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
             () = shared.enforcer.kill_token().cancelled() => break Ending::Terminated,
             status = child_exit => break Ending::ChildExited(status),
             () = audit_failed.cancelled() => break Ending::AuditFailed,
+            () = capture_lost.cancelled() => break Ending::CaptureLost("the capture ruleset changed or was removed".into()),
             Some(_) = listeners.join_next() => break Ending::ListenerDied,
             _ = reap.tick(), if sandbox_pid.is_some() => {
                 if let Some(pid) = sandbox_pid {
@@ -421,6 +594,13 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
                 Ok(status) => (sandbox::exit_code(status), "exited"),
                 Err(_) => (EXIT_FAILURE, "failed"),
             }
+        }
+        Ending::CaptureLost(why) => {
+            eprintln!("egress-warden: {why}; ending the run");
+            if let Some(s) = &sandbox {
+                kill_tree(s);
+            }
+            (EXIT_FAILURE, "failed")
         }
         Ending::AuditFailed | Ending::ListenerDied => {
             if let Some(s) = &sandbox {

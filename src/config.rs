@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -35,12 +36,33 @@ pub enum Command {
     Check(CheckArgs),
     /// Install the transparent-capture ruleset (nftables) in this network namespace.
     Init(InitArgs),
+    /// Internal: enter a sandbox network namespace, drop every capability, exec CMD.
+    #[command(hide = true)]
+    SandboxExec(SandboxExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxExecArgs {
+    /// The namespace to enter (`/proc/PID/fd/N`).
+    #[arg(long)]
+    pub netns: String,
+    #[arg(last = true, required = true)]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
     #[command(flatten)]
     pub capture: CaptureOptions,
+    /// The warden's admin port, which the sandbox may not reach over loopback; `off` for none.
+    /// Must match the port of `serve --admin-listen`.
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_ADMIN_PORT",
+        default_value = "9090",
+        value_name = "PORT|off"
+    )]
+    pub admin_port: String,
     /// Remove the ruleset instead (no error if it is not installed).
     #[arg(long, conflicts_with = "print")]
     pub remove: bool,
@@ -87,21 +109,15 @@ pub struct CaptureOptions {
 }
 
 impl CaptureOptions {
-    /// The ruleset these options describe.
-    pub fn spec(&self) -> Result<crate::capture::Spec, ConfigError> {
+    /// The ruleset these options describe, without the admin port (which `init` takes as a
+    /// flag and `serve` from `--admin-listen`).
+    pub fn spec_without_admin(&self) -> Result<crate::capture::Spec, ConfigError> {
         let port = |flag: &'static str, v: u16| {
             if v == 0 {
                 Err(invalid(flag, "0", "expected a port from 1 to 65535"))
             } else {
                 Ok(v)
             }
-        };
-        let admin_port = match self.admin_port.as_str() {
-            "off" => None,
-            v => Some(
-                crate::host::parse_port(v)
-                    .ok_or_else(|| invalid("admin-port", v, "expected a port or 'off'"))?,
-            ),
         };
         let mark = parse_mark(&self.mark).ok_or_else(|| {
             invalid(
@@ -114,16 +130,38 @@ impl CaptureOptions {
             mark,
             transparent_port: port("transparent-port", self.transparent_port)?,
             dns_port: port("dns-port", self.dns_port)?,
-            admin_port,
+            admin_port: None,
         };
-        if spec.transparent_port == spec.dns_port
-            || Some(spec.transparent_port) == admin_port
-            || Some(spec.dns_port) == admin_port
+        if spec.transparent_port == spec.dns_port {
+            return Err(invalid(
+                "dns-port",
+                &spec.dns_port.to_string(),
+                "the transparent and DNS ports must differ",
+            ));
+        }
+        Ok(spec)
+    }
+}
+
+impl InitArgs {
+    /// The ruleset `init` installs.
+    pub fn spec(&self) -> Result<crate::capture::Spec, ConfigError> {
+        let mut spec = self.capture.spec_without_admin()?;
+        spec.admin_port = match self.admin_port.as_str() {
+            "off" => None,
+            v => Some(
+                crate::host::parse_port(v)
+                    .ok_or_else(|| invalid("admin-port", v, "expected a port or 'off'"))?,
+            ),
+        };
+        if spec
+            .admin_port
+            .is_some_and(|p| p == spec.transparent_port || p == spec.dns_port)
         {
             return Err(invalid(
-                "transparent-port",
-                &spec.transparent_port.to_string(),
-                "the transparent, DNS and admin ports must differ",
+                "admin-port",
+                &self.admin_port,
+                "the admin port must differ from the transparent and DNS ports",
             ));
         }
         Ok(spec)
@@ -143,6 +181,11 @@ pub fn parse_mark(s: &str) -> Option<u32> {
 pub struct RunArgs {
     #[command(flatten)]
     pub options: Options,
+    /// Run CMD in a fresh network namespace whose only way out is the warden (transparent
+    /// capture of all TCP and DNS, everything else dropped); CMD holds no capabilities, even
+    /// as root. Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN).
+    #[arg(long, env = "EGRESS_WARDEN_ISOLATE")]
+    pub isolate: bool,
     /// The sandbox command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -326,6 +369,68 @@ pub struct Options {
         value_name = "FILTER"
     )]
     pub log: String,
+    /// Transparent capture: `install` the ruleset at start-up, `verify` the one `init` installed,
+    /// or `off`. With capture, the transparent and DNS listeners run and the warden is ready only
+    /// once capture is proven.
+    #[arg(long = "capture", env = "EGRESS_WARDEN_CAPTURE", value_enum, default_value_t = CaptureMode::Off)]
+    pub capture_mode: CaptureMode,
+    #[command(flatten)]
+    pub capture: CaptureOptions,
+    /// DNS listener: the answer to a refused name.
+    #[arg(long, env = "EGRESS_WARDEN_DNS_DENY_RCODE", value_enum, default_value_t = DenyRcode::Refused)]
+    pub dns_deny_rcode: DenyRcode,
+    /// DNS listener: the query types answered (others are refused).
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_DNS_TYPES",
+        default_value = "A,AAAA,CNAME,HTTPS,SVCB",
+        value_delimiter = ',',
+        value_name = "TYPES"
+    )]
+    pub dns_types: Vec<String>,
+    /// DNS listener: queries per second allowed for the run (bursts of twice that).
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_DNS_RATE",
+        default_value_t = 200,
+        value_name = "N"
+    )]
+    pub dns_rate: u32,
+    /// DNS listener: count refused queries as violations (default: refused and recorded only,
+    /// because resolver search lists produce innocent ones).
+    #[arg(long, env = "EGRESS_WARDEN_DNS_DENIAL_IS_VIOLATION")]
+    pub dns_denial_is_violation: bool,
+}
+
+/// Transparent capture at start-up.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureMode {
+    Off,
+    Install,
+    Verify,
+}
+
+/// The answer to a refused DNS name.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DenyRcode {
+    Refused,
+    Nxdomain,
+}
+
+/// DNS listener settings.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub deny_rcode: hickory_proto::op::ResponseCode,
+    pub types: Vec<hickory_proto::rr::RecordType>,
+    pub rate: u32,
+    pub denial_is_violation: bool,
+}
+
+/// Transparent capture settings.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    pub mode: CaptureMode,
+    pub spec: crate::capture::Spec,
 }
 
 /// Where audit lines go.
@@ -369,6 +474,35 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub log: String,
+    /// SO_MARK on upstream sockets (under capture), exempting them from the capture ruleset.
+    pub mark: Option<u32>,
+    /// Transparent capture, when on.
+    pub capture: Option<CaptureConfig>,
+    pub dns: DnsConfig,
+    /// `run --isolate`: capture lives in a sandbox namespace of the warden's making.
+    pub isolate: bool,
+}
+
+impl Config {
+    /// Switches to `run --isolate`: capture is installed inside the sandbox namespace, where
+    /// there is no admin port, and upstream sockets need no mark (they leave from outside).
+    pub fn isolate(mut self, options: &Options) -> Result<Self, ConfigError> {
+        if options.capture_mode == CaptureMode::Verify {
+            return Err(invalid(
+                "capture",
+                "verify",
+                "--isolate installs its own capture; use --capture off or install",
+            ));
+        }
+        let spec = options.capture.spec_without_admin()?;
+        self.capture = Some(CaptureConfig {
+            mode: CaptureMode::Install,
+            spec,
+        });
+        self.mark = None;
+        self.isolate = true;
+        Ok(self)
+    }
 }
 
 /// A flag or environment value that is not valid; the message names the flag and the value.
@@ -527,6 +661,44 @@ impl Options {
                 "expected 8 to 1000",
             ));
         }
+        let capture = match self.capture_mode {
+            CaptureMode::Off => None,
+            mode => {
+                let mut spec = self.capture.spec_without_admin()?;
+                spec.admin_port = admin_listen.map(|a| a.port());
+                Some(CaptureConfig { mode, spec })
+            }
+        };
+        let mut types = Vec::new();
+        for t in &self.dns_types {
+            let ty = hickory_proto::rr::RecordType::from_str(&t.to_ascii_uppercase())
+                .ok()
+                .filter(|ty| !matches!(ty, hickory_proto::rr::RecordType::Unknown(_)))
+                .ok_or_else(|| {
+                    invalid(
+                        "dns-types",
+                        t,
+                        "expected DNS record types such as A,AAAA,CNAME,HTTPS,SVCB",
+                    )
+                })?;
+            types.push(ty);
+        }
+        if self.dns_rate == 0 {
+            return Err(invalid(
+                "dns-rate",
+                "0",
+                "expected at least 1 query per second",
+            ));
+        }
+        let dns = DnsConfig {
+            deny_rcode: match self.dns_deny_rcode {
+                DenyRcode::Refused => hickory_proto::op::ResponseCode::Refused,
+                DenyRcode::Nxdomain => hickory_proto::op::ResponseCode::NXDomain,
+            },
+            types,
+            rate: self.dns_rate,
+            denial_is_violation: self.dns_denial_is_violation,
+        };
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(invalid(
                 "log",
@@ -560,6 +732,10 @@ impl Options {
             max_header_bytes,
             max_headers: self.max_headers,
             log: self.log.clone(),
+            mark: capture.as_ref().map(|c| c.spec.mark),
+            capture,
+            dns,
+            isolate: false,
         })
     }
 }

@@ -119,10 +119,14 @@ async fn connect_any(
     for (ip, rule) in candidates {
         let addr = SocketAddr::new(*ip, port);
         let started = Instant::now();
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        match tokio::time::timeout_at(
+            deadline,
+            crate::sockets::connect_tcp(addr, shared.config.mark),
+        )
+        .await
+        {
             Ok(Ok(stream)) => {
                 shared.metrics.connect_time(started.elapsed());
-                let _ = stream.set_nodelay(true);
                 return Ok(Upstream {
                     stream,
                     addr,

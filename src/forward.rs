@@ -85,6 +85,28 @@ pub fn denial(shared: &Shared, reason: Reason, what: &str) -> Response<ProxyBody
     rsp
 }
 
+/// The same refusal as raw HTTP/1.1 bytes (closing the connection), for a listener that
+/// reads the request itself (transparent capture).
+pub fn denial_bytes(shared: &Shared, reason: Reason, what: &str) -> Vec<u8> {
+    let rsp = denial(shared, reason, what);
+    let mut out = format!("HTTP/1.1 {}\r\n", rsp.status());
+    for (name, value) in rsp.headers() {
+        out.push_str(&format!(
+            "{name}: {}\r\n",
+            value.to_str().unwrap_or_default()
+        ));
+    }
+    let body = match &rsp.body().kind {
+        Kind::Full(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    };
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    out.into_bytes()
+}
+
 /// A failure to reach an allowed upstream (not a policy denial).
 pub fn upstream_failure(shared: &Shared, kind: &'static str, what: &str) -> Response<ProxyBody> {
     let (status, token) = match kind {

@@ -38,6 +38,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -76,6 +81,8 @@ pub struct Metrics {
     terminated: Gauge,
     reloads: Family<OutcomeLabels, Counter>,
     policy_rules: Gauge,
+    enforcement: Gauge,
+    dropped: Family<ClassLabels, Counter>,
 }
 
 impl Metrics {
@@ -93,6 +100,8 @@ impl Metrics {
             terminated: Gauge::default(),
             reloads: Family::default(),
             policy_rules: Gauge::default(),
+            enforcement: Gauge::default(),
+            dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -234,6 +243,19 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let outcome = if ok { "ok" } else { "error" };
         self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn set_enforcement(&self, active: bool) {
+        self.enforcement.set(i64::from(active));
+    }
+
+    /// Raises a drop counter to the kernel's cumulative `total` (counters only go up).
+    pub fn set_dropped(&self, class: &'static str, total: u64) {
+        let c = self.dropped.get_or_create(&ClassLabels { class });
+        let now = c.get();
+        if total > now {
+            c.inc_by(total - now);
+        }
     }
 
     pub fn set_policy_rules(&self, n: usize) {

@@ -6,15 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::Name;
 
 use crate::host::DomainName;
 use crate::metrics::{LookupOutcome, Metrics};
+use crate::sockets::MarkedRuntime;
 
 /// Most addresses kept from one lookup (bounded work per connection attempt).
 pub const MAX_ADDRESSES: usize = 32;
@@ -32,13 +31,19 @@ pub enum ResolveError {
 }
 
 pub struct Resolver {
-    inner: Option<TokioResolver>,
+    inner: Option<hickory_resolver::Resolver<MarkedRuntime>>,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Resolver {
-    pub fn new(upstream: Option<SocketAddr>, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    /// `mark` is set on the resolver's sockets under transparent capture.
+    pub fn new(
+        upstream: Option<SocketAddr>,
+        timeout: Duration,
+        mark: Option<u32>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let inner = upstream.map(|addr| {
             let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
             for conn in &mut ns.connections {
@@ -54,10 +59,8 @@ impl Resolver {
             opts.attempts = 2;
             opts.try_tcp_on_error = true;
             opts.cache_size = 4096;
-            let mut builder = hickory_resolver::Resolver::builder_with_config(
-                config,
-                TokioRuntimeProvider::default(),
-            );
+            let mut builder =
+                hickory_resolver::Resolver::builder_with_config(config, MarkedRuntime::new(mark));
             *builder.options_mut() = opts;
             builder
                 .build()

@@ -65,8 +65,13 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Starts `command` with `env` added, in a new process group.
-    pub fn spawn(command: &[OsString], env: &[(String, String)]) -> std::io::Result<Self> {
+    /// Starts `command` with `env` added, in a new process group; with `netns`, through the
+    /// `sandbox-exec` trampoline that enters that namespace without capabilities first.
+    pub fn spawn(
+        command: &[OsString],
+        env: &[(String, String)],
+        netns: Option<String>,
+    ) -> std::io::Result<Self> {
         // Orphaned descendants come back to us, so the whole tree stays killable.
         nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
         let (program, args) = command.split_first().ok_or_else(|| {
@@ -75,8 +80,21 @@ impl Sandbox {
                 "no command given after --",
             )
         })?;
-        let mut cmd = Command::new(program);
-        cmd.args(args).process_group(0).kill_on_drop(false);
+        let mut cmd = match &netns {
+            Some(path) => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.args(["sandbox-exec", "--netns", path, "--"])
+                    .arg(program)
+                    .args(args);
+                c
+            }
+            None => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+        };
+        cmd.process_group(0).kill_on_drop(false);
         for name in PROXY_VARS {
             cmd.env_remove(name).env_remove(name.to_ascii_lowercase());
         }
@@ -177,6 +195,22 @@ pub fn reap_orphans(keep: Pid) {
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
     }
+}
+
+/// Replaces this process with `command` (only returns on failure).
+pub fn exec(command: &[OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no command given after --",
+        );
+    };
+    let e = std::process::Command::new(program).args(args).exec();
+    std::io::Error::new(
+        e.kind(),
+        format!("cannot run {}: {e}", program.to_string_lossy()),
+    )
 }
 
 /// The exit code a shell would report for `status`: the code, or 128 + the signal.

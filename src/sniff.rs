@@ -194,6 +194,38 @@ fn parse_server_name(data: &[u8]) -> Result<Option<String>, SniffError> {
     Ok(name)
 }
 
+/// The host a plain-HTTP request head names: the absolute-form authority if there is one,
+/// else the Host header; `Ok(None)` when the complete head names none.
+pub fn http_host(buf: &[u8]) -> Result<Option<String>, SniffError> {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => Err(SniffError::Incomplete),
+        Err(_) => Err(SniffError::Malformed("unparseable HTTP request head")),
+        Ok(httparse::Status::Complete(_)) => {
+            if let Some(rest) = req
+                .path
+                .and_then(|p| p.split_once("://"))
+                .map(|(_, rest)| rest)
+            {
+                let authority = rest.split(['/', '?']).next().unwrap_or_default();
+                return Ok(Some(authority.to_owned()));
+            }
+            let mut hosts = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("host"));
+            match (hosts.next(), hosts.next()) {
+                (Some(_), Some(_)) => Err(SniffError::Malformed("several Host headers")),
+                (Some(h), None) => Ok(std::str::from_utf8(h.value)
+                    .ok()
+                    .map(|v| v.trim().to_owned())),
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
 /// Builds a minimal ClientHello (for tests and fuzzing seeds).
 #[cfg(test)]
 pub(crate) fn build_client_hello(sni: Option<&str>, extra_ext: &[(u16, Vec<u8>)]) -> Vec<u8> {
@@ -339,6 +371,40 @@ mod tests {
         assert!(!cases.is_empty());
         for (name, bytes, want) in cases {
             assert_eq!(classify(&bytes), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn http_hosts_come_from_the_authority_or_the_host_header() {
+        type Want = Result<Option<&'static str>, SniffError>;
+        let cases: &[(&[u8], Want)] = &[
+            (
+                b"GET / HTTP/1.1\r\nHost: Example.com:8080\r\n\r\n",
+                Ok(Some("Example.com:8080")),
+            ),
+            (
+                b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n",
+                Ok(Some("a.example")),
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", Ok(None)),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                Err(SniffError::Malformed("several Host headers")),
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a", Err(SniffError::Incomplete)),
+            (
+                b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                Err(SniffError::Malformed("unparseable HTTP request head")),
+            ),
+        ];
+        for (input, want) in cases {
+            let got = http_host(input);
+            assert_eq!(
+                got.as_ref().map(|o| o.as_deref()),
+                want.as_ref().map(|o| *o),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

@@ -42,13 +42,22 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Cancelled on shutdown: idle keep-alive connections close, in-flight ones finish.
     pub drain: CancellationToken,
+    /// Capture self-test probes in flight.
+    pub probes: crate::capture::probe::Probes,
+    /// True while capture is installed, verified and proven (always false without capture).
+    pub enforcement: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     pub fn new(config: Config, policy: Policy, metrics: Arc<Metrics>, audit: Audit) -> Self {
         metrics.set_policy_rules(policy.rules().len());
         Self {
-            resolver: Resolver::new(config.dns_upstream, config.timeouts.dns, metrics.clone()),
+            resolver: Resolver::new(
+                config.dns_upstream,
+                config.timeouts.dns,
+                config.mark,
+                metrics.clone(),
+            ),
             enforcer: Enforcer::new(
                 config.action,
                 config.malformed_is_violation,
@@ -60,6 +69,8 @@ impl Shared {
             summary: Summary::default(),
             tasks: TaskTracker::new(),
             drain: CancellationToken::new(),
+            probes: Default::default(),
+            enforcement: Default::default(),
             metrics,
             audit,
             config,

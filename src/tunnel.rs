@@ -40,7 +40,7 @@ use crate::state::{Attempt, Shared};
 
 /// A fatal TLS alert record, `access_denied` (49): the client reports the refusal as
 /// "tlsv1 alert access denied" instead of an unexplained reset.
-const TLS_ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49];
+pub const TLS_ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49];
 
 /// Does a name the client presented (SNI, Host) agree with the tunnel target? For a named
 /// target it must be that name; for an IP-literal target, that address or an allowed name.

@@ -3,7 +3,10 @@
 //! See `ruleset.rs` for the rules and `docs/capture.md` for why they are what they are.
 
 pub mod netlink;
+pub mod netns;
 pub mod nft;
+pub mod place;
+pub mod probe;
 pub mod ruleset;
 
 use nix::sys::socket::SockProtocol;

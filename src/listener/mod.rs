@@ -1,8 +1,10 @@
 //! The sandbox-facing listeners and what they share: the accept loop, the cap on concurrent
 //! connections (refused cleanly, with a record), and per-connection kill handling.
 
+pub mod dns;
 pub mod http;
 pub mod socks;
+pub mod transparent;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +24,8 @@ use crate::state::{Attempt, Shared};
 pub enum Listener {
     Http,
     Socks,
+    Transparent,
+    Dns,
 }
 
 impl Listener {
@@ -29,6 +33,8 @@ impl Listener {
         match self {
             Listener::Http => "http",
             Listener::Socks => "socks5",
+            Listener::Transparent => "transparent",
+            Listener::Dns => "dns",
         }
     }
 }
@@ -54,6 +60,34 @@ pub struct Accepted {
     /// Cancelled when the run is terminated; `None` for connections accepted after
     /// termination, which are only ever answered "run terminated".
     pub kill: Option<CancellationToken>,
+}
+
+/// Serves a bound std listener with [`accept_loop`] as a task of `set`.
+pub fn spawn_accept<H, F, R, RF>(
+    set: &mut tokio::task::JoinSet<()>,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    listener: std::net::TcpListener,
+    kind: Listener,
+    handle: H,
+    refuse: R,
+) -> std::io::Result<()>
+where
+    H: Fn(Arc<Shared>, Accepted) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream) -> RF + Send + Sync + 'static,
+    RF: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::from_std(listener)?;
+    set.spawn(accept_loop(
+        shared.clone(),
+        listener,
+        kind,
+        stop.clone(),
+        handle,
+        refuse,
+    ));
+    Ok(())
 }
 
 /// Accepts until `stop` is cancelled, spawning `handle` for each connection. Over the cap, a

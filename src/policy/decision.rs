@@ -59,10 +59,17 @@ pub enum Reason {
     ConnectionLimit,
     /// The run was already terminated by a violation.
     RunTerminated,
+    /// A DNS query of a type the DNS listener does not answer (TXT, PTR, ANY, … by default).
+    DnsTypeNotAllowed,
+    /// The run's DNS query rate limit was exceeded.
+    DnsRateLimited,
+    /// A transparent connection with no usable name (no SNI/Host, ECH) to an address no IP
+    /// rule allows; or a connection to the transparent listener that was not redirected.
+    NoHostname,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 20] = [
         Reason::DomainAllowed,
         Reason::IpAllowed,
         Reason::DomainNotAllowed,
@@ -80,6 +87,9 @@ impl Reason {
         Reason::UnsupportedRequest,
         Reason::ConnectionLimit,
         Reason::RunTerminated,
+        Reason::DnsTypeNotAllowed,
+        Reason::DnsRateLimited,
+        Reason::NoHostname,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -101,6 +111,9 @@ impl Reason {
             Reason::UnsupportedRequest => "unsupported_request",
             Reason::ConnectionLimit => "connection_limit",
             Reason::RunTerminated => "run_terminated",
+            Reason::DnsTypeNotAllowed => "dns_type_not_allowed",
+            Reason::DnsRateLimited => "dns_rate_limited",
+            Reason::NoHostname => "no_hostname",
         }
     }
 
@@ -118,7 +131,9 @@ impl Reason {
             | Reason::HostMismatch
             | Reason::SniMismatch
             | Reason::SniMissing
-            | Reason::UploadBudgetExceeded => true,
+            | Reason::UploadBudgetExceeded
+            | Reason::NoHostname
+            | Reason::DnsTypeNotAllowed => true,
             Reason::MalformedRequest | Reason::SniffFailed | Reason::UnsupportedRequest => {
                 malformed_counts
             }
@@ -126,7 +141,8 @@ impl Reason {
             | Reason::IpAllowed
             | Reason::ResolveFailed
             | Reason::ConnectionLimit
-            | Reason::RunTerminated => false,
+            | Reason::RunTerminated
+            | Reason::DnsRateLimited => false,
         }
     }
 }

@@ -243,6 +243,27 @@ impl Policy {
         }
     }
 
+    /// The first name rule matching `name` on any port (for DNS, which has no port).
+    pub fn name_rule(&self, name: &DomainName) -> Option<Arc<Rule>> {
+        let exact = self.exact.get(name.as_str()).into_iter().flatten();
+        let wild = name
+            .parents()
+            .flat_map(|suffix| self.wildcard.get(suffix).into_iter().flatten());
+        exact.chain(wild).next().map(|&i| self.rule(i))
+    }
+
+    /// Whether an address is one a name may resolve to: an ordinary address, or a special one
+    /// that an IP rule allows on some port. Used to clean DNS answers.
+    pub fn answer_allowed(&self, ip: IpAddr) -> bool {
+        if special::classify(ip).is_none() {
+            return true;
+        }
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => self.v4.matches(u32::from(v4)).next().is_some(),
+            IpAddr::V6(v6) => self.v6.matches(u128::from(v6)).next().is_some(),
+        }
+    }
+
     /// Whether any rule carries an upload budget.
     pub fn has_rule_budgets(&self) -> bool {
         self.rules.iter().any(|r| r.max_upload.is_some())

@@ -1,0 +1,348 @@
+//! The DNS listener (UDP and TCP) that captured DNS is redirected to: every query is decided by
+//! name with the same policy (see `dns.rs`), refused ones get REFUSED (or NXDOMAIN), allowed
+//! ones are forwarded to the upstream resolver from marked sockets and their answers cleaned.
+//! Bounded: message size, in-flight queries, and a per-run query rate.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Accepted, Listener};
+use crate::dns::{self, MAX_MESSAGE, QueryDecision};
+use crate::enforce::{Judgement, Ruling};
+use crate::policy::Reason;
+use crate::sockets;
+use crate::state::{Attempt, Shared};
+
+/// UDP queries answered at once; more are dropped (the client retries).
+const MAX_IN_FLIGHT: usize = 512;
+
+/// A token bucket: `rate` per second, bursts of twice that.
+pub struct RateLimit {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    pub fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            rate,
+            state: Mutex::new((2.0 * rate, Instant::now())),
+        }
+    }
+
+    fn take(&self) -> bool {
+        let mut s = self.state.lock().expect("rate lock");
+        let now = Instant::now();
+        let (tokens, last) = *s;
+        let tokens =
+            (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(2.0 * self.rate);
+        *s = if tokens >= 1.0 {
+            (tokens - 1.0, now)
+        } else {
+            (tokens, now)
+        };
+        tokens >= 1.0
+    }
+}
+
+/// Shared by every DNS transport.
+pub struct DnsState {
+    pub limit: RateLimit,
+    in_flight: Arc<Semaphore>,
+}
+
+impl DnsState {
+    pub fn new(rate: u32) -> Arc<Self> {
+        Arc::new(Self {
+            limit: RateLimit::new(rate),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        })
+    }
+}
+
+/// Serves DNS over UDP on `socket` until `stop` is cancelled.
+pub async fn serve_udp(
+    shared: Arc<Shared>,
+    dns: Arc<DnsState>,
+    socket: UdpSocket,
+    stop: CancellationToken,
+) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (n, client) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+            () = stop.cancelled() => return,
+        };
+        let Ok(permit) = dns.in_flight.clone().try_acquire_owned() else {
+            continue;
+        };
+        let query = buf[..n].to_vec();
+        let (shared, dns, socket) = (shared.clone(), dns.clone(), socket.clone());
+        shared.clone().tasks.spawn(async move {
+            let _permit = permit;
+            if let Some(rsp) = answer(&shared, &dns, &query, client, true).await {
+                let _ = socket.send_to(&rsp, client).await;
+            }
+        });
+    }
+}
+
+/// Serves DNS over one TCP connection (length-prefixed messages).
+pub async fn serve_tcp(shared: Arc<Shared>, dns: Arc<DnsState>, acc: Accepted) {
+    let Accepted {
+        mut stream,
+        client,
+        guard,
+        kill,
+    } = acc;
+    let _guard = guard;
+    let idle = shared.config.timeouts.handshake;
+    loop {
+        let read = async {
+            let len = usize::from(stream.read_u16().await.ok()?);
+            if len == 0 || len > MAX_MESSAGE {
+                return None;
+            }
+            let mut msg = vec![0u8; len];
+            stream.read_exact(&mut msg).await.ok()?;
+            Some(msg)
+        };
+        let query = tokio::select! {
+            r = tokio::time::timeout(idle, read) => match r {
+                Ok(Some(q)) => q,
+                _ => return,
+            },
+            () = async { match &kill { Some(k) => k.cancelled().await, None => std::future::pending().await } } => return,
+        };
+        let Some(rsp) = answer(&shared, &dns, &query, client, false).await else {
+            return;
+        };
+        let Ok(len) = u16::try_from(rsp.len()) else {
+            return;
+        };
+        if stream.write_u16(len).await.is_err() || stream.write_all(&rsp).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Refuses a TCP connection over the cap by closing it.
+pub async fn refuse(stream: TcpStream) {
+    drop(stream);
+}
+
+/// Answers one query, recording the decision.
+async fn answer(
+    shared: &Shared,
+    dns_state: &DnsState,
+    query: &[u8],
+    client: SocketAddr,
+    udp: bool,
+) -> Option<Vec<u8>> {
+    let mut a = Attempt::new(Listener::Dns, Some(client));
+    a.bytes_up = query.len() as u64;
+    let msg = match Message::from_vec(query) {
+        Ok(m) => m,
+        Err(e) => {
+            a.set_detail(format!("unparseable query: {e}"));
+            deny(shared, &mut a, Reason::MalformedRequest);
+            shared.finish(a).await;
+            let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+            return dns::error_for_id(id, ResponseCode::FormErr);
+        }
+    };
+    if let Some(q) = msg.queries.first() {
+        let name = q
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if shared.probes.arrived_dns(&name) {
+            return dns::refusal(&msg, ResponseCode::NXDomain);
+        }
+        a.set_host(&name);
+        a.set_detail(format!("type={}", q.query_type()));
+    }
+    let config = &shared.config.dns;
+    if !dns_state.limit.take() {
+        deny(shared, &mut a, Reason::DnsRateLimited);
+        shared.finish(a).await;
+        return dns::refusal(&msg, ResponseCode::Refused);
+    }
+    let policy = shared.policy();
+    match dns::decide(&policy, &msg, &config.types) {
+        QueryDecision::Refuse { reason, detail, .. } => {
+            if !detail.is_empty() {
+                let prefix = a.detail.take().unwrap_or_default();
+                a.set_detail(format!("{prefix} {detail}").trim());
+            }
+            if !deny(shared, &mut a, reason).proceeds() {
+                shared.finish(a).await;
+                return dns::refusal(&msg, config.deny_rcode);
+            }
+        }
+        QueryDecision::Forward { rule, .. } => {
+            a.reason = Some(Reason::DomainAllowed);
+            a.rule = Some(rule);
+            a.ruling = Some(Ruling {
+                judgement: Judgement::Allow,
+                violation: false,
+            });
+        }
+    }
+    let upstream = match forward(shared, query).await {
+        Ok(r) => r,
+        Err(e) => {
+            a.error = Some("dns_upstream_failed");
+            a.set_detail(e);
+            deny(shared, &mut a, Reason::ResolveFailed);
+            shared.finish(a).await;
+            return dns::refusal(&msg, ResponseCode::ServFail);
+        }
+    };
+    let (mut rsp, cleaned) = match dns::clean_answer(&policy, &upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            a.error = Some("dns_upstream_failed");
+            a.set_detail(e);
+            deny(shared, &mut a, Reason::ResolveFailed);
+            shared.finish(a).await;
+            return dns::refusal(&msg, ResponseCode::ServFail);
+        }
+    };
+    if !cleaned.stripped.is_empty() || cleaned.ech_removed > 0 {
+        let stripped: Vec<String> = cleaned.stripped.iter().map(IpAddr::to_string).collect();
+        let prefix = a.detail.take().unwrap_or_default();
+        a.set_detail(format!(
+            "{prefix} stripped=[{}] ech_removed={}",
+            stripped.join(","),
+            cleaned.ech_removed
+        ));
+    }
+    if udp {
+        rsp = truncate_for_udp(&msg, rsp);
+    }
+    a.bytes_down = rsp.len() as u64;
+    shared.finish(a).await;
+    Some(rsp)
+}
+
+/// Rules on a DNS refusal: a violation only when `--dns-denial-is-violation` says so.
+fn deny(shared: &Shared, a: &mut Attempt, reason: Reason) -> Judgement {
+    if shared.config.dns.denial_is_violation {
+        return a.deny(shared, reason);
+    }
+    a.reason = Some(reason);
+    a.ruling = Some(Ruling {
+        judgement: Judgement::Deny,
+        violation: false,
+    });
+    Judgement::Deny
+}
+
+/// A UDP answer larger than the client can take becomes an empty, truncated one, so the client
+/// retries over TCP.
+fn truncate_for_udp(query: &Message, rsp: Vec<u8>) -> Vec<u8> {
+    let limit = query
+        .edns
+        .as_ref()
+        .map_or(512, |e| usize::from(e.max_payload()).max(512));
+    if rsp.len() <= limit {
+        return rsp;
+    }
+    match Message::from_vec(&rsp) {
+        Ok(m) => {
+            let mut t = m.truncate();
+            t.metadata.truncation = true;
+            t.answers.clear();
+            t.authorities.clear();
+            t.additionals.clear();
+            t.to_vec().unwrap_or(rsp)
+        }
+        Err(_) => rsp,
+    }
+}
+
+/// Forwards a query to the upstream resolver from a marked socket: UDP, then TCP when the
+/// answer is truncated.
+async fn forward(shared: &Shared, query: &[u8]) -> Result<Vec<u8>, String> {
+    let upstream = shared
+        .config
+        .dns_upstream
+        .ok_or("no DNS upstream configured")?;
+    let timeout = shared.config.timeouts.dns;
+    let mark = shared.config.mark;
+    let local: SocketAddr = match upstream {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let udp = async {
+        let sock = sockets::bind_udp(local, mark).map_err(|e| e.to_string())?;
+        sock.connect(upstream).await.map_err(|e| e.to_string())?;
+        sock.send(query).await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+            // Only an answer to this query (same id) counts.
+            if n >= 12 && buf[..2] == query[..2] {
+                return Ok::<_, String>(buf[..n].to_vec());
+            }
+        }
+    };
+    let rsp = tokio::time::timeout(timeout, udp)
+        .await
+        .map_err(|_| "upstream DNS timed out".to_owned())??;
+    let truncated = rsp.get(2).is_some_and(|b| b & 0x02 != 0);
+    if !truncated {
+        return Ok(rsp);
+    }
+    let tcp = async {
+        let mut s = sockets::connect_tcp(upstream, mark)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_u16(query.len() as u16)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(query).await.map_err(|e| e.to_string())?;
+        let len = usize::from(s.read_u16().await.map_err(|e| e.to_string())?);
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(buf)
+    };
+    tokio::time::timeout(timeout, tcp)
+        .await
+        .map_err(|_| "upstream DNS (TCP) timed out".to_owned())?
+}
+
+/// How long a burst of `n` queries takes to refill at `rate` (for docs and tests).
+pub fn refill_time(n: u32, rate: u32) -> Duration {
+    Duration::from_secs_f64(f64::from(n) / f64::from(rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_allows_a_burst_then_the_rate() {
+        let limit = RateLimit::new(10);
+        let allowed = (0..100).filter(|_| limit.take()).count();
+        assert_eq!(allowed, 20, "burst of twice the rate");
+        tokio::time::advance(refill_time(5, 10)).await;
+        let allowed = (0..100).filter(|_| limit.take()).count();
+        assert_eq!(allowed, 5);
+    }
+}

@@ -284,7 +284,7 @@ fn file_names(policy: &Policy) -> Vec<String> {
         .collect()
 }
 
-async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -> i32 {
+async fn serve(mut config: Config, policy: Policy, command: Option<Vec<OsString>>) -> i32 {
     let started = SystemTime::now();
     let metrics = Arc::new(Metrics::new(&config.run_id));
     let audit_failed = CancellationToken::new();
@@ -323,6 +323,15 @@ async fn serve(config: Config, policy: Policy, command: Option<Vec<OsString>>) -
         Ok(l) => l,
         Err(e) => return fail(e.to_string()).await,
     };
+    // The sandbox may not reach the admin port: the rule needs the port actually bound.
+    if let Some(capture) = config.capture.as_mut()
+        && !config.isolate
+    {
+        capture.spec.admin_port = admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
+    }
     if let Some(capture) = &config.capture
         && let Err(e) = capture::place::establish(&place, capture)
     {

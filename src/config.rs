@@ -90,14 +90,6 @@ pub struct CaptureOptions {
         value_name = "PORT"
     )]
     pub dns_port: u16,
-    /// The admin port, which the sandbox may not reach over loopback; `off` for none.
-    #[arg(
-        long,
-        env = "EGRESS_WARDEN_ADMIN_PORT",
-        default_value = "9090",
-        value_name = "PORT|off"
-    )]
-    pub admin_port: String,
     /// SO_MARK of the warden's own upstream sockets, exempt from capture (needs CAP_NET_ADMIN).
     #[arg(
         long,

@@ -157,6 +157,16 @@ impl Metrics {
             "Rules in the active policy",
             m.policy_rules.clone(),
         );
+        registry.register(
+            "enforcement_active",
+            "1 while transparent capture is installed, verified and proven by probes",
+            m.enforcement.clone(),
+        );
+        registry.register(
+            "capture_dropped_packets",
+            "Packets the capture rules dropped (not TCP or DNS), by class (udp, icmp, other)",
+            m.dropped.clone(),
+        );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabels {

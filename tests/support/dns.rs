@@ -22,6 +22,22 @@ pub struct FakeDns {
 impl FakeDns {
     /// Serves `records` (name → addresses); other names get NXDOMAIN.
     pub async fn start(records: &[(&str, &[&str])]) -> Self {
+        // UDP and TCP on the same port: retry until both binds succeed.
+        let (udp, tcp) = loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
+                break (udp, tcp);
+            }
+        };
+        Self::start_std(records, udp, tcp)
+    }
+
+    /// Serves on sockets bound elsewhere (e.g. on port 53 inside a test network namespace).
+    pub fn start_std(
+        records: &[(&str, &[&str])],
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+    ) -> Self {
         let table: Table = Arc::new(Mutex::new(HashMap::new()));
         for (name, addrs) in records {
             table.lock().unwrap().insert(
@@ -30,13 +46,12 @@ impl FakeDns {
             );
         }
         let questions = Arc::new(Mutex::new(Vec::new()));
-        // UDP and TCP on the same port: retry until both binds succeed.
-        let (udp, tcp) = loop {
-            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
-                break (udp, tcp);
-            }
-        };
+        udp.set_nonblocking(true).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let (udp, tcp) = (
+            UdpSocket::from_std(udp).unwrap(),
+            TcpListener::from_std(tcp).unwrap(),
+        );
         let addr = udp.local_addr().unwrap();
         let (t, q) = (table.clone(), questions.clone());
         tokio::spawn(async move {

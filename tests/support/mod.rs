@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod netns;
 pub mod upstream;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,8 @@ pub struct Builder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     run: Option<Vec<String>>,
+    netns: Option<String>,
+    admin_from: Option<(String, std::net::IpAddr)>,
 }
 
 impl Builder {
@@ -71,6 +74,20 @@ impl Builder {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// Runs the warden inside a test network namespace (`ip netns exec`).
+    pub fn netns(mut self, ns: &netns::Netns) -> Self {
+        self.netns = Some(ns.name.clone());
+        self
+    }
+
+    /// Serves the admin endpoints on all addresses and reaches them from the namespace `from`
+    /// at `ip`, as a scraper outside the warden's namespace would (under capture, loopback to
+    /// the admin port is closed to everything but the warden).
+    pub fn admin_from(mut self, from: &netns::Netns, ip: &str) -> Self {
+        self.admin_from = Some((from.name.clone(), ip.parse().unwrap()));
+        self
+    }
+
     /// Starts `egress-warden run ... -- CMD` instead of `serve`.
     pub fn run(mut self, cmd: &[&str]) -> Self {
         self.run = Some(cmd.iter().map(|s| s.to_string()).collect());
@@ -87,7 +104,14 @@ impl Builder {
         let summary = dir.path().join("summary.json");
         let stderr = dir.path().join("stderr.log");
         let stdout = dir.path().join("stdout.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg(if self.run.is_some() { "run" } else { "serve" });
         cmd.args(["--allowlist", path(&allow)])
             .args([
@@ -96,7 +120,11 @@ impl Builder {
                 "--socks-listen",
                 "127.0.0.1:0",
                 "--admin-listen",
-                "127.0.0.1:0",
+                if self.admin_from.is_some() {
+                    "0.0.0.0:0"
+                } else {
+                    "127.0.0.1:0"
+                },
             ])
             .args([
                 "--ready-file",
@@ -140,7 +168,10 @@ impl Builder {
         Warden {
             http: addr("http").unwrap(),
             socks: addr("socks").unwrap(),
-            admin: addr("admin").unwrap(),
+            admin: match &self.admin_from {
+                Some((_, ip)) => SocketAddr::new(*ip, addr("admin").unwrap().port()),
+                None => addr("admin").unwrap(),
+            },
             pid: addrs["pid"].as_u64().unwrap() as i32,
             run_id: addrs["run_id"].as_str().unwrap().to_owned(),
             child,
@@ -149,6 +180,7 @@ impl Builder {
             summary,
             stderr,
             stdout,
+            netns: self.admin_from.map(|(ns, _)| ns).or(self.netns),
             _dir: dir,
         }
     }
@@ -170,6 +202,7 @@ pub struct Warden {
     pub summary: PathBuf,
     pub stderr: PathBuf,
     pub stdout: PathBuf,
+    netns: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -182,6 +215,8 @@ impl Warden {
             args: vec![],
             env: vec![],
             run: None,
+            netns: None,
+            admin_from: None,
         }
     }
 
@@ -232,7 +267,15 @@ impl Warden {
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics").await.1
+        self.admin_get("/metrics").await.1
+    }
+
+    /// GET on the admin listener (from inside the namespace it is reached from, if any).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        match &self.netns {
+            Some(name) => netns::http_get_in(name, self.admin, path),
+            None => http_get(self.admin, path).await,
+        }
     }
 
     /// Waits until the sample `name{labels}` (run_id implied) has value `want`.

@@ -53,6 +53,37 @@ async fn describe(req: Request<Incoming>, tag: &'static str) -> Response<Full<By
     ))))
 }
 
+/// A file under `dir` for a URL path (no `..`), or 404.
+fn static_file(dir: &std::path::Path, path: &str) -> Response<Full<Bytes>> {
+    let rel = path.trim_start_matches('/');
+    let mut file = dir.join(rel);
+    if file.is_dir() {
+        file = file.join("index.html");
+    }
+    let body = if rel.split('/').any(|c| c == "..") {
+        None
+    } else {
+        std::fs::read(&file).ok()
+    };
+    match body {
+        Some(b) => {
+            let mut rsp = Response::new(Full::new(Bytes::from(b)));
+            if file.extension().is_some_and(|e| e == "html") {
+                rsp.headers_mut().insert(
+                    "content-type",
+                    hyper::header::HeaderValue::from_static("text/html"),
+                );
+            }
+            rsp
+        }
+        None => {
+            let mut rsp = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+            *rsp.status_mut() = hyper::StatusCode::NOT_FOUND;
+            rsp
+        }
+    }
+}
+
 /// A plain HTTP/1.1 server answering every request with a line describing it.
 pub struct HttpUpstream {
     pub addr: SocketAddr,
@@ -65,7 +96,13 @@ impl HttpUpstream {
     }
 
     pub async fn start_on(addr: &str) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::start_std(std::net::TcpListener::bind(addr).unwrap())
+    }
+
+    /// Serves a listener bound elsewhere (e.g. inside a test network namespace).
+    pub fn start_std(listener: std::net::TcpListener) -> Self {
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let s = seen.clone();
@@ -101,18 +138,43 @@ pub struct TlsUpstream {
 
 impl TlsUpstream {
     pub async fn start(names: &[&str]) -> Self {
+        Self::start_std(
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            names,
+            None,
+        )
+    }
+
+    /// Serves `listener` with a certificate for `names`; with `dir`, GET serves files from it
+    /// (404 for anything else) instead of describing the request.
+    pub fn start_std(
+        listener: std::net::TcpListener,
+        names: &[&str],
+        serve_dir: Option<PathBuf>,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "egress-warden test CA");
+        ca_params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("egress-warden test CA {}", listener.local_addr().unwrap()),
+        );
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf_params =
+        let mut leaf_params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        // GnuTLS (git, apt) insists on the usual key usages.
+        leaf_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
@@ -125,8 +187,10 @@ impl TlsUpstream {
             )
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
+        let files = serve_dir.map(Arc::new);
         let seen = Arc::new(Seen::default());
         let s = seen.clone();
         tokio::spawn(async move {
@@ -135,14 +199,20 @@ impl TlsUpstream {
                     return;
                 };
                 s.connections.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, s) = (acceptor.clone(), s.clone());
+                let (acceptor, s, files) = (acceptor.clone(), s.clone(), files.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
                     let svc = service_fn(move |req| {
                         s.requests.fetch_add(1, Ordering::SeqCst);
-                        async move { Ok::<_, Infallible>(describe(req, "tls").await) }
+                        let files = files.clone();
+                        async move {
+                            Ok::<_, Infallible>(match files {
+                                Some(dir) => static_file(&dir, req.uri().path()),
+                                None => describe(req, "tls").await,
+                            })
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)

@@ -163,12 +163,19 @@ fn start(options: &Options, command: Option<Vec<OsString>>, isolate: bool) -> i3
         );
     }
     let policy = Policy::new(rules);
+    let keep = crate::privileges::needed(&config, command.is_some());
+    let thread_keep = keep.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("egress-warden")
+        .on_thread_start(move || {
+            if let Err(e) = crate::privileges::limit_thread(&thread_keep) {
+                tracing::error!(error = %e, "cannot drop capabilities in a runtime thread");
+            }
+        })
         .build();
     match runtime {
-        Ok(rt) => rt.block_on(serve(config, policy, command)),
+        Ok(rt) => rt.block_on(serve(config, policy, command, keep)),
         Err(e) => {
             eprintln!("egress-warden: cannot start the runtime: {e}");
             EXIT_FAILURE
@@ -284,7 +291,12 @@ fn file_names(policy: &Policy) -> Vec<String> {
         .collect()
 }
 
-async fn serve(mut config: Config, policy: Policy, command: Option<Vec<OsString>>) -> i32 {
+async fn serve(
+    mut config: Config,
+    policy: Policy,
+    command: Option<Vec<OsString>>,
+    keep: Vec<caps::Capability>,
+) -> i32 {
     let started = SystemTime::now();
     let metrics = Arc::new(Metrics::new(&config.run_id));
     let audit_failed = CancellationToken::new();
@@ -466,12 +478,9 @@ async fn serve(mut config: Config, policy: Policy, command: Option<Vec<OsString>
     // Capture is proven by probes before anything is announced, and watched while the run lasts.
     let capture_lost = CancellationToken::new();
     if let Some(capture) = &config.capture {
-        let (shared2, place2) = (shared.clone(), place.clone());
-        let report =
-            tokio::task::spawn_blocking(move || capture::place::prove(&place2, &shared2.probes))
-                .await
-                .expect("probe task does not panic");
-        match report {
+        // On this (the main) thread: it still holds the start-up privileges probes need to
+        // enter an isolated namespace; the runtime threads serve the probes meanwhile.
+        match capture::place::prove(&place, &shared.probes) {
             Ok(r) if r.ok() => tracing::info!(report = %r.describe(), "transparent capture proven"),
             Ok(r) => {
                 eprintln!(
@@ -540,6 +549,21 @@ async fn serve(mut config: Config, policy: Policy, command: Option<Vec<OsString>
         }
     };
     let sandbox_pid = sandbox.as_ref().map(Sandbox::pid);
+    // Start-up is over: keep only what the running warden uses.
+    if let Err(e) = crate::privileges::limit_thread(&keep) {
+        eprintln!("egress-warden: cannot drop capabilities: {e}");
+        stop.cancel();
+        return finish(
+            &shared,
+            &audit,
+            audit_thread,
+            started,
+            EXIT_FAILURE,
+            "failed",
+        )
+        .await;
+    }
+    tracing::info!(capabilities = ?crate::privileges::effective(), "start-up complete");
 
     let mut reap = tokio::time::interval(Duration::from_secs(2));
     let ending = loop {
@@ -558,10 +582,9 @@ async fn serve(mut config: Config, policy: Policy, command: Option<Vec<OsString>
             () = audit_failed.cancelled() => break Ending::AuditFailed,
             () = capture_lost.cancelled() => break Ending::CaptureLost("the capture ruleset changed or was removed".into()),
             Some(_) = listeners.join_next() => break Ending::ListenerDied,
-            _ = reap.tick(), if sandbox_pid.is_some() => {
-                if let Some(pid) = sandbox_pid {
-                    sandbox::reap_orphans(pid);
-                }
+            // Orphans come back to the warden under `run` (subreaper) and when it is PID 1.
+            _ = reap.tick(), if sandbox_pid.is_some() || std::process::id() == 1 => {
+                sandbox::reap_orphans(sandbox_pid);
             }
         }
     };
@@ -577,6 +600,12 @@ async fn serve(mut config: Config, policy: Policy, command: Option<Vec<OsString>
             // Kill first: the sandbox must not act on its way out.
             if let Some(s) = &sandbox {
                 kill_tree(s);
+            }
+            if config.terminate_pid_namespace {
+                let left = sandbox::kill_pid_namespace(KILL_WITHIN);
+                if left > 0 {
+                    tracing::error!(left, "processes in the PID namespace survived SIGKILL");
+                }
             }
             // Later requests are answered "run terminated" for a short while.
             tokio::time::sleep(config.timeouts.termination_drain).await;

@@ -131,6 +131,8 @@ impl Audit {
 }
 
 fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Box<dyn Write + Send>, failed: CancellationToken) {
+    // Writing to an already open file needs no privilege.
+    let _ = crate::privileges::limit_thread(&[]);
     let mut out = io::BufWriter::with_capacity(64 * 1024, sink);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);

@@ -361,6 +361,11 @@ pub struct Options {
         value_name = "FILTER"
     )]
     pub log: String,
+    /// On a terminating violation, kill every other process in the warden's PID namespace
+    /// except PID 1 — the sandbox, when it shares the namespace (Docker `--pid container:`,
+    /// Kubernetes `shareProcessNamespace`). Needs CAP_KILL for processes of other users.
+    #[arg(long, env = "EGRESS_WARDEN_TERMINATE_PID_NAMESPACE")]
+    pub terminate_pid_namespace: bool,
     /// Transparent capture: `install` the ruleset at start-up, `verify` the one `init` installed,
     /// or `off`. With capture, the transparent and DNS listeners run and the warden is ready only
     /// once capture is proven.
@@ -473,6 +478,7 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `run --isolate`: capture lives in a sandbox namespace of the warden's making.
     pub isolate: bool,
+    pub terminate_pid_namespace: bool,
 }
 
 impl Config {
@@ -728,6 +734,7 @@ impl Options {
             capture,
             dns,
             isolate: false,
+            terminate_pid_namespace: self.terminate_pid_namespace,
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod host;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+pub mod privileges;
 pub mod relay;
 pub mod resolve;
 pub mod sandbox;

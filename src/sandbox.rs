@@ -133,7 +133,7 @@ impl Sandbox {
             for &pid in &alive {
                 let _ = kill(pid, Signal::SIGKILL);
             }
-            reap_orphans(self.pid);
+            reap_orphans(Some(self.pid));
             if alive.is_empty() || Instant::now() >= deadline {
                 return alive.len();
             }
@@ -187,11 +187,34 @@ fn live_descendants() -> Vec<Pid> {
     out
 }
 
+/// Kills every process in the warden's PID namespace except the warden itself and PID 1 (the
+/// sandbox containers of a pod or a `--pid container:` group). Bounded by `within`; returns
+/// how many were still alive when it gave up.
+pub fn kill_pid_namespace(within: Duration) -> usize {
+    let me = std::process::id() as i32;
+    let deadline = Instant::now() + within;
+    loop {
+        let alive: Vec<i32> = process_table()
+            .into_iter()
+            .filter(|&(pid, (_, state))| pid != me && pid != 1 && state != 'Z')
+            .map(|(pid, _)| pid)
+            .collect();
+        for &pid in &alive {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        reap_orphans(None);
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive.len();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Reaps zombie children of the warden other than `keep` (the command, reaped by `wait`).
-pub fn reap_orphans(keep: Pid) {
+pub fn reap_orphans(keep: Option<Pid>) {
     let me = std::process::id() as i32;
     for (pid, (ppid, state)) in process_table() {
-        if ppid == me && state == 'Z' && pid != keep.as_raw() {
+        if ppid == me && state == 'Z' && Some(pid) != keep.map(Pid::as_raw) {
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
     }

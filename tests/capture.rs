@@ -633,6 +633,20 @@ async fn capture_is_proven_before_ready_and_its_loss_ends_the_run() {
             .unwrap()
             .contains("redirect to :15001")
     );
+    // After start-up no thread holds more than CAP_NET_ADMIN (bit 12), bounding set included,
+    // and the warden's threads still hold it.
+    let threads = support::thread_capabilities(w.pid);
+    for (eff, bnd) in &threads {
+        assert_eq!(
+            (eff & !(1 << 12), bnd & !(1 << 12)),
+            (0, 0),
+            "a thread kept more than CAP_NET_ADMIN: {threads:x?}"
+        );
+    }
+    assert!(
+        threads.iter().filter(|(eff, _)| *eff == 1 << 12).count() > 1,
+        "{threads:x?}"
+    );
     // The sandbox cannot reach the admin port over loopback.
     let out = sh(
         &scene.world.host,

@@ -28,7 +28,8 @@ pub enum CaptureError {
     Mismatch(String),
 }
 
-fn open() -> Result<Socket, CaptureError> {
+/// A netfilter netlink socket in the current thread's network namespace.
+pub fn open() -> Result<Socket, CaptureError> {
     Ok(Socket::open(SockProtocol::NetlinkNetFilter)?)
 }
 
@@ -78,7 +79,11 @@ pub fn is_installed() -> Result<bool, CaptureError> {
 /// the two base chains on the output hook with their types and priorities, and every rule in
 /// order with its comment and expressions.
 pub fn verify(spec: &Spec) -> Result<(), CaptureError> {
-    let mut sock = open()?;
+    verify_with(&mut open()?, spec)
+}
+
+/// [`verify`] over an already open netfilter socket (of the namespace to check).
+pub fn verify_with(sock: &mut Socket, spec: &Spec) -> Result<(), CaptureError> {
     let seq = sock.next_seq();
     let chains: Vec<_> = sock
         .dump(&nft::dump_request(Dump::Chains, TABLE, seq))?
@@ -141,7 +146,11 @@ pub fn verify(spec: &Spec) -> Result<(), CaptureError> {
 
 /// Packets dropped so far, by class, from the drop rules' counters.
 pub fn drop_counters() -> Result<Vec<(DropClass, u64)>, CaptureError> {
-    let mut sock = open()?;
+    drop_counters_with(&mut open()?)
+}
+
+/// [`drop_counters`] over an already open netfilter socket.
+pub fn drop_counters_with(sock: &mut Socket) -> Result<Vec<(DropClass, u64)>, CaptureError> {
     let seq = sock.next_seq();
     let rules = sock.dump(&nft::dump_request(Dump::Rules, TABLE, seq))?;
     let mut out: Vec<(DropClass, u64)> = [DropClass::Udp, DropClass::Icmp, DropClass::Other]

@@ -61,9 +61,11 @@ pub enum NetnsError {
     Io(#[from] std::io::Error),
 }
 
-/// A network namespace, held open by a file descriptor.
+/// A network namespace, held open by a file descriptor, with a netfilter socket opened inside
+/// it: the ruleset can be read back later without entering the namespace again.
 pub struct Namespace {
     file: File,
+    netfilter: std::sync::Mutex<Socket>,
 }
 
 fn ifinfo(index: i32, flags: u32, change: u32) -> [u8; 16] {
@@ -169,7 +171,16 @@ impl Namespace {
             unshare(CloneFlags::CLONE_NEWNET).map_err(NetnsError::Unshare)?;
             configure()?;
             let file = File::open("/proc/thread-self/ns/net")?;
-            Ok(Self { file })
+            let netfilter = Socket::open(SockProtocol::NetlinkNetFilter).map_err(|source| {
+                NetnsError::Configure {
+                    step: "netfilter socket",
+                    source,
+                }
+            })?;
+            Ok(Self {
+                file,
+                netfilter: std::sync::Mutex::new(netfilter),
+            })
         })
         .join()
         .expect("namespace setup thread does not panic")
@@ -186,6 +197,11 @@ impl Namespace {
                 .join()
                 .expect("namespace thread does not panic")
         })
+    }
+
+    /// Runs `f` with the netfilter socket opened inside the namespace.
+    pub fn with_netfilter<R>(&self, f: impl FnOnce(&mut Socket) -> R) -> R {
+        f(&mut self.netfilter.lock().expect("netfilter socket lock"))
     }
 
     /// A path another process can open to enter the namespace while the warden lives.

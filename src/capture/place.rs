@@ -66,11 +66,15 @@ pub fn prove(place: &Place, probes: &Probes) -> Result<Report, String> {
 }
 
 /// Checks the ruleset is still exactly the one installed and reads the drop counters.
+/// Needs no namespace switch: an isolated namespace is read through the socket kept open in
+/// it, the warden's own through a fresh one.
 pub fn inspect(place: &Place, spec: &Spec) -> Result<Vec<(DropClass, u64)>, String> {
-    let spec = *spec;
-    match place.run(move || super::verify(&spec).and_then(|()| super::drop_counters())) {
-        Ok(Ok(counters)) => Ok(counters),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
+    let read = |sock: &mut super::netlink::Socket| {
+        super::verify_with(sock, spec).and_then(|()| super::drop_counters_with(sock))
+    };
+    let result = match place {
+        Place::Here => super::open().and_then(|mut sock| read(&mut sock)),
+        Place::Inside(ns) => ns.with_netfilter(read),
+    };
+    result.map_err(|e| e.to_string())
 }

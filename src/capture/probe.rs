@@ -72,28 +72,37 @@ impl Probes {
 /// What the probes showed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
-    pub tcp_v4: bool,
-    /// `None` when the namespace has no IPv6 route (nothing to capture).
+    /// `None` when the namespace has no route of that family (nothing to capture).
+    pub tcp_v4: Option<bool>,
     pub tcp_v6: Option<bool>,
     pub dns: bool,
     pub udp_dropped: bool,
 }
 
 impl Report {
+    /// Every family with a route is captured, at least one has a route, DNS is captured and
+    /// UDP is dropped.
     pub fn ok(&self) -> bool {
-        self.tcp_v4 && self.tcp_v6 != Some(false) && self.dns && self.udp_dropped
+        let tcp = [self.tcp_v4, self.tcp_v6];
+        tcp.iter().all(|t| *t != Some(false))
+            && tcp.iter().any(Option::is_some)
+            && self.dns
+            && self.udp_dropped
     }
 
     pub fn describe(&self) -> String {
         format!(
             "tcp/ipv4 redirected: {}; tcp/ipv6 redirected: {}; dns redirected: {}; udp dropped and counted: {}",
-            self.tcp_v4,
-            self.tcp_v6
-                .map_or("no ipv6 route".to_owned(), |b| b.to_string()),
+            family(self.tcp_v4),
+            family(self.tcp_v6),
             self.dns,
             self.udp_dropped
         )
     }
+}
+
+fn family(probe: Option<bool>) -> String {
+    probe.map_or_else(|| "no route".to_owned(), |b| b.to_string())
 }
 
 fn nonce() -> String {
@@ -109,15 +118,16 @@ fn port() -> u16 {
 /// A TCP probe to `ip`: `Some(true)` if the transparent listener received it, `None` if the
 /// namespace has no route for that family.
 fn tcp_probe(probes: &Probes, ip: IpAddr) -> Option<bool> {
+    if !routed(ip) {
+        return None;
+    }
     let target = SocketAddr::new(ip, port());
     let rx = probes.expect_tcp(target);
-    let connected = TcpStream::connect_timeout(&target, WAIT);
-    match connected {
-        Err(e) if e.raw_os_error() == Some(nix::libc::ENETUNREACH) => {
+    match TcpStream::connect_timeout(&target, WAIT) {
+        Err(_) => {
             probes.tcp.lock().expect("probe lock").remove(&target);
-            None
+            Some(false)
         }
-        Err(_) => Some(false),
         Ok(mut s) => {
             let _ = s.write_all(b"egress-warden probe\n");
             let arrived = rx.recv_timeout(WAIT).is_ok();
@@ -125,6 +135,18 @@ fn tcp_probe(probes: &Probes, ip: IpAddr) -> Option<bool> {
             Some(arrived)
         }
     }
+}
+
+/// Whether the kernel has a route to `ip` (a UDP connect looks the route up and sends nothing).
+/// Without one, no process here can send to that family at all: there is nothing to capture.
+fn routed(ip: IpAddr) -> bool {
+    let local: SocketAddr = match ip {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    UdpSocket::bind(local)
+        .and_then(|s| s.connect((ip, 9)))
+        .is_ok()
 }
 
 fn dns_probe(probes: &Probes) -> bool {
@@ -168,7 +190,7 @@ fn udp_probe(dropped_udp: &dyn Fn() -> Option<u64>) -> bool {
 /// Runs every probe from the current thread's network namespace.
 pub fn run(probes: &Probes, dropped_udp: &dyn Fn() -> Option<u64>) -> Report {
     Report {
-        tcp_v4: tcp_probe(probes, PROBE_V4.into()).unwrap_or(false),
+        tcp_v4: tcp_probe(probes, PROBE_V4.into()),
         tcp_v6: tcp_probe(probes, PROBE_V6.into()),
         dns: dns_probe(probes),
         udp_dropped: udp_probe(dropped_udp),

@@ -520,3 +520,22 @@ pub fn status_of(head: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// The effective and bounding capability masks of every thread of `pid`.
+pub fn thread_capabilities(pid: i32) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status =
+            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap_or(u64::MAX)
+        };
+        out.push((field("CapEff:"), field("CapBnd:")));
+    }
+    assert!(!out.is_empty());
+    out
+}

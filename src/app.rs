@@ -57,6 +57,35 @@ pub fn main_with(cli: Cli) -> i32 {
         Command::Serve(options) => start(&options, None, false),
         Command::Run(args) => start(&args.options, Some(args.command), args.isolate),
         Command::SandboxExec(args) => sandbox_exec(&args),
+        Command::Healthcheck(args) => healthcheck(&args.ready_file),
+    }
+}
+
+/// `egress-warden healthcheck`: the ready file exists and the warden that wrote it still runs.
+/// The file is written only once every listener is bound and capture (if on) is proven, and a
+/// warden that loses capture exits; so "file present, writer alive" means "policing".
+fn healthcheck(ready_file: &std::path::Path) -> i32 {
+    let pid = std::fs::read_to_string(ready_file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["pid"].as_u64());
+    let alive = pid.is_some_and(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    });
+    if alive {
+        EXIT_OK
+    } else {
+        eprintln!(
+            "egress-warden healthcheck: not ready ({})",
+            ready_file.display()
+        );
+        EXIT_FAILURE
     }
 }
 
@@ -307,6 +336,10 @@ async fn serve(
             return EXIT_FAILURE;
         }
     };
+    // A ready file left by an earlier warden must not vouch for this one.
+    if let Some(path) = &config.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
     let fail = async |message: String| {
         eprintln!("egress-warden: {message}");
         audit.close().await;

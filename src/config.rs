@@ -36,9 +36,19 @@ pub enum Command {
     Check(CheckArgs),
     /// Install the transparent-capture ruleset (nftables) in this network namespace.
     Init(InitArgs),
+    /// Exit 0 if the warden that wrote READY_FILE is up and ready (capture proven, if on):
+    /// a container health check that needs no shell and no network.
+    Healthcheck(HealthcheckArgs),
     /// Internal: enter a sandbox network namespace, drop every capability, exec CMD.
     #[command(hide = true)]
     SandboxExec(SandboxExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The `--ready-file` of the warden to check.
+    #[arg(long, env = "EGRESS_WARDEN_READY_FILE", value_name = "PATH")]
+    pub ready_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

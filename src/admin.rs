@@ -36,13 +36,26 @@ fn route(shared: &Shared, ready: &AtomicBool, req: &Request<Incoming>) -> Respon
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut rsp = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
-            rsp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
+            // Prometheus asks for OpenMetrics; everything else gets the classic text format.
+            let openmetrics = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            let (body, kind) = if openmetrics {
+                (
+                    shared.metrics.encode(),
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
+                )
+            } else {
+                (
+                    shared.metrics.encode_text(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            };
+            let mut rsp = Response::new(Full::new(Bytes::from(body)));
+            rsp.headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
             rsp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),

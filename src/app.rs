@@ -279,6 +279,9 @@ struct EndRecord<'a> {
     violations: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     termination_reason: Option<&'static str>,
+    /// What the terminating attempt was: listener, target and detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    termination_detail: Option<String>,
     duration_ms: u64,
 }
 
@@ -327,7 +330,7 @@ async fn serve(
     keep: Vec<caps::Capability>,
 ) -> i32 {
     let started = SystemTime::now();
-    let metrics = Arc::new(Metrics::new(&config.run_id));
+    let metrics = Arc::new(Metrics::new(&config.run_id, config.capture.is_some()));
     let audit_failed = CancellationToken::new();
     let (audit, audit_thread) = match Audit::open(&config.audit, audit_failed.clone()) {
         Ok(pair) => pair,
@@ -708,6 +711,10 @@ async fn finish(
 ) -> i32 {
     let config = &shared.config;
     let termination = shared.enforcer.termination().map(|t| t.reason);
+    let termination_what = shared
+        .enforcer
+        .termination()
+        .and_then(|t| t.what.get().cloned());
     if termination.is_some() {
         code = EXIT_VIOLATION;
         outcome = "terminated";
@@ -747,6 +754,7 @@ async fn finish(
             exit_code: code,
             violations: shared.summary.violations_total(),
             termination_reason: termination.map(|r| r.as_str()),
+            termination_detail: termination_what.clone(),
             duration_ms: u64::try_from(
                 ended
                     .duration_since(started)
@@ -758,6 +766,26 @@ async fn finish(
         .await;
     audit.close().await;
     audit_thread.join();
+    if let Some(path) = &config.termination_message_path {
+        let message = match (termination, &termination_what) {
+            (Some(reason), what) => format!(
+                "egress-warden terminated run {}: {} {} (exit {code})\n",
+                config.run_id,
+                reason.as_str(),
+                what.as_deref().unwrap_or("")
+            ),
+            (None, _) => format!(
+                "egress-warden run {} ended: {outcome} (exit {code})\n",
+                config.run_id
+            ),
+        };
+        if let Err(e) = std::fs::write(path, message) {
+            eprintln!(
+                "egress-warden: cannot write termination message {}: {e}",
+                path.display()
+            );
+        }
+    }
     code
 }
 

@@ -371,6 +371,14 @@ pub struct Options {
         value_name = "FILTER"
     )]
     pub log: String,
+    /// Write one line saying how the run ended to this file at exit (Kubernetes shows
+    /// `/dev/termination-log` in `kubectl describe pod`).
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_TERMINATION_MESSAGE_PATH",
+        value_name = "PATH"
+    )]
+    pub termination_message_path: Option<PathBuf>,
     /// On a terminating violation, kill every other process in the warden's PID namespace
     /// except PID 1 — the sandbox, when it shares the namespace (Docker `--pid container:`,
     /// Kubernetes `shareProcessNamespace`). Needs CAP_KILL for processes of other users.
@@ -489,6 +497,7 @@ pub struct Config {
     /// `run --isolate`: capture lives in a sandbox namespace of the warden's making.
     pub isolate: bool,
     pub terminate_pid_namespace: bool,
+    pub termination_message_path: Option<PathBuf>,
 }
 
 impl Config {
@@ -745,6 +754,7 @@ impl Options {
             dns,
             isolate: false,
             terminate_pid_namespace: self.terminate_pid_namespace,
+            termination_message_path: self.termination_message_path.clone(),
         })
     }
 }

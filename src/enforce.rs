@@ -42,12 +42,26 @@ impl Judgement {
 pub struct Ruling {
     pub judgement: Judgement,
     pub violation: bool,
+    /// This ruling is the one that terminated the run.
+    pub terminated_run: bool,
+}
+
+impl Ruling {
+    pub const fn new(judgement: Judgement, violation: bool) -> Self {
+        Self {
+            judgement,
+            violation,
+            terminated_run: false,
+        }
+    }
 }
 
 /// The first violation of a terminated run.
 #[derive(Clone, Debug)]
 pub struct Termination {
     pub reason: Reason,
+    /// What was attempted (listener, target, detail), once recorded.
+    pub what: Arc<OnceLock<String>>,
 }
 
 pub struct Enforcer {
@@ -78,10 +92,7 @@ impl Enforcer {
     /// Applies the action to a decision.
     pub fn judge(&self, decision: &Decision) -> Ruling {
         if decision.is_allow() {
-            return Ruling {
-                judgement: Judgement::Allow,
-                violation: false,
-            };
+            return Ruling::new(Judgement::Allow, false);
         }
         self.judge_denial(decision.reason)
     }
@@ -89,32 +100,42 @@ impl Enforcer {
     /// Applies the action to a denial for `reason`.
     pub fn judge_denial(&self, reason: Reason) -> Ruling {
         if !reason.is_violation(self.malformed_counts) {
-            return Ruling {
-                judgement: Judgement::Deny,
-                violation: false,
-            };
+            return Ruling::new(Judgement::Deny, false);
         }
         self.metrics.violation(reason);
-        let judgement = match self.action {
-            Action::Report => Judgement::Report,
-            Action::Deny => Judgement::Deny,
+        match self.action {
+            Action::Report => Ruling::new(Judgement::Report, true),
+            Action::Deny => Ruling::new(Judgement::Deny, true),
             Action::Terminate => {
-                self.terminate(reason);
-                Judgement::Deny
+                let terminated_run = self.terminate(reason);
+                Ruling {
+                    judgement: Judgement::Deny,
+                    violation: true,
+                    terminated_run,
+                }
             }
-        };
-        Ruling {
-            judgement,
-            violation: true,
         }
     }
 
     /// Ends the run (idempotent): every connection watching [`Enforcer::kill_token`] closes.
-    pub fn terminate(&self, reason: Reason) {
-        if !self.terminated.swap(true, Ordering::SeqCst) {
-            let _ = self.first.set(Termination { reason });
-            self.metrics.set_terminated();
-            self.kill.cancel();
+    /// True for the call that ended it.
+    pub fn terminate(&self, reason: Reason) -> bool {
+        if self.terminated.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let _ = self.first.set(Termination {
+            reason,
+            what: Arc::default(),
+        });
+        self.metrics.set_terminated();
+        self.kill.cancel();
+        true
+    }
+
+    /// Records what the terminating attempt was (once).
+    pub fn describe_termination(&self, what: String) {
+        if let Some(t) = self.first.get() {
+            let _ = t.what.set(what);
         }
     }
 
@@ -137,7 +158,7 @@ mod tests {
     use super::*;
 
     fn enforcer(action: Action, malformed: bool) -> Enforcer {
-        Enforcer::new(action, malformed, Arc::new(Metrics::new("t")))
+        Enforcer::new(action, malformed, Arc::new(Metrics::new("t", false)))
     }
 
     #[test]

@@ -86,7 +86,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(run_id: &str) -> Self {
+    /// `capture`: whether transparent capture is configured (its series exist only then, so an
+    /// alert on `enforcement_active == 0` never fires for an explicit-proxy warden).
+    pub fn new(run_id: &str, capture: bool) -> Self {
         let labels = [(Cow::Borrowed("run_id"), Cow::Owned(run_id.to_owned()))];
         let mut registry = Registry::with_prefix_and_labels("egress_warden", labels.into_iter());
         let m = Self {
@@ -157,16 +159,18 @@ impl Metrics {
             "Rules in the active policy",
             m.policy_rules.clone(),
         );
-        registry.register(
-            "enforcement_active",
-            "1 while transparent capture is installed, verified and proven by probes",
-            m.enforcement.clone(),
-        );
-        registry.register(
-            "capture_dropped_packets",
-            "Packets the capture rules dropped (not TCP or DNS), by class (udp, icmp, other)",
-            m.dropped.clone(),
-        );
+        if capture {
+            registry.register(
+                "enforcement_active",
+                "1 while transparent capture is installed, verified and proven by probes",
+                m.enforcement.clone(),
+            );
+            registry.register(
+                "capture_dropped_packets",
+                "Packets the capture rules dropped (not TCP or DNS), by class (udp, icmp, other)",
+                m.dropped.clone(),
+            );
+        }
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -180,6 +184,13 @@ impl Metrics {
             let _ = m.reloads.get_or_create(&OutcomeLabels { outcome });
         }
         Self { registry, ..m }
+    }
+
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools that do not ask for
+    /// OpenMetrics (curl, `promtool check metrics`): counter families are named with their
+    /// `_total` suffix, and `# UNIT` and `# EOF` lines are left out.
+    pub fn encode_text(&self) -> String {
+        to_classic_text(&self.encode())
     }
 
     /// The OpenMetrics text exposition.
@@ -273,13 +284,76 @@ impl Metrics {
     }
 }
 
+/// Converts OpenMetrics text from prometheus-client into the classic Prometheus text format.
+fn to_classic_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut pending_help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            pending_help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            if let Some(help) = pending_help.take() {
+                let text = help.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn classic_text_names_counters_with_total_and_drops_openmetrics_lines() {
+        let m = Metrics::new("r", false);
+        m.decision(Listener::Http, "allow", Reason::DomainAllowed);
+        let text = m.encode_text();
+        assert!(
+            text.contains("# HELP egress_warden_decisions_total Policy decisions"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE egress_warden_decisions_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE egress_warden_upstream_connect_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Every sample line survives unchanged.
+        let samples = |t: &str| {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(samples(&text), samples(&m.encode()));
+    }
+
+    #[test]
     fn every_series_carries_the_run_id() {
-        let m = Metrics::new("run-7");
+        let m = Metrics::new("run-7", false);
         m.decision(Listener::Http, "deny", Reason::DomainNotAllowed);
         m.sent_counter(Listener::Socks).inc_by(10);
         m.lookup(LookupOutcome::NotFound);

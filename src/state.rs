@@ -89,10 +89,7 @@ impl Shared {
 
     /// Records a finished attempt everywhere: metrics, summary, audit.
     pub async fn finish(&self, a: Attempt) {
-        let ruling = a.ruling.unwrap_or(Ruling {
-            judgement: Judgement::Deny,
-            violation: false,
-        });
+        let ruling = a.ruling.unwrap_or(Ruling::new(Judgement::Deny, false));
         let reason = a.reason.unwrap_or(Reason::MalformedRequest);
         let verdict = ruling.judgement.as_str();
         self.metrics.decision(a.listener, verdict, reason);
@@ -200,7 +197,22 @@ impl Attempt {
         }
         let ruling = shared.enforcer.judge(decision);
         self.ruling = Some(ruling);
+        if ruling.terminated_run {
+            shared.enforcer.describe_termination(self.describe());
+        }
         ruling.judgement
+    }
+
+    /// One line saying what was attempted, for the termination message.
+    pub fn describe(&self) -> String {
+        let host = self.host.as_deref().unwrap_or("(no host)");
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let detail = self
+            .detail
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        format!("{} {host}{port}{detail}", self.listener.as_str())
     }
 
     /// Records the target, decides it with the current policy snapshot and rules on the

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn terminate_cuts_open_tunnels_refuses_later_requests_and_exits_77() {
+    let message = tempfile::NamedTempFile::new().unwrap();
     let bytes = ByteUpstream::start().await;
     let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
     let mut w = Warden::builder()
@@ -22,6 +23,8 @@ async fn terminate_cuts_open_tunnels_refuses_later_requests_and_exits_77() {
         .action("terminate")
         .arg("--termination-drain")
         .arg("3s")
+        .arg("--termination-message-path")
+        .arg(message.path().to_str().unwrap())
         .spawn()
         .await;
     // An open, working tunnel.
@@ -68,6 +71,15 @@ async fn terminate_cuts_open_tunnels_refuses_later_requests_and_exits_77() {
     assert_eq!(end["outcome"], "terminated");
     assert_eq!(end["exit_code"], 77);
     assert_eq!(end["termination_reason"], "domain_not_allowed");
+    assert_eq!(end["termination_detail"], "http evil.test:80");
+    // What Kubernetes shows in `kubectl describe pod`.
+    assert_eq!(
+        std::fs::read_to_string(message.path()).unwrap(),
+        format!(
+            "egress-warden terminated run {}: domain_not_allowed http evil.test:80 (exit 77)\n",
+            w.run_id
+        )
+    );
     let cut_line = lines.iter().find(|l| l["method"] == "CONNECT").unwrap();
     assert_eq!(cut_line["error"], "run_terminated");
     assert!(lines.iter().any(|l| l["reason"] == "run_terminated"));

@@ -197,10 +197,7 @@ async fn answer(
         QueryDecision::Forward { rule, .. } => {
             a.reason = Some(Reason::DomainAllowed);
             a.rule = Some(rule);
-            a.ruling = Some(Ruling {
-                judgement: Judgement::Allow,
-                violation: false,
-            });
+            a.ruling = Some(Ruling::new(Judgement::Allow, false));
         }
     }
     let upstream = match forward(shared, query).await {
@@ -246,10 +243,7 @@ fn deny(shared: &Shared, a: &mut Attempt, reason: Reason) -> Judgement {
         return a.deny(shared, reason);
     }
     a.reason = Some(reason);
-    a.ruling = Some(Ruling {
-        judgement: Judgement::Deny,
-        violation: false,
-    });
+    a.ruling = Some(Ruling::new(Judgement::Deny, false));
     Judgement::Deny
 }
 

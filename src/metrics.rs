@@ -180,6 +180,13 @@ impl Metrics {
         registry.register("build_info", "Build information (always 1)", build_info);
         // Pre-create the series a dashboard or alert expects to see at zero.
         m.terminated.set(0);
+        // Every violation series exists at 0 from the first scrape: a counter that appears
+        // already at 1 shows no increase(), and an alert on the first violation would never fire.
+        for reason in Reason::ALL.into_iter().filter(|r| r.is_violation(true)) {
+            let _ = m.violations.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
         for outcome in ["ok", "error"] {
             let _ = m.reloads.get_or_create(&OutcomeLabels { outcome });
         }

@@ -223,3 +223,42 @@ fn a_violation_kills_the_sandbox_container_and_the_warden_exits_77() {
     assert_eq!(summary["outcome"], "terminated");
     assert_eq!(summary["run_id"], "docker-kill");
 }
+
+#[test]
+fn the_image_holds_only_the_binary_runs_as_non_root_and_is_small() {
+    let (warden, _) = images();
+    let out = run(Command::new("docker").args(["run", "--rm", warden, "--version"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("egress-warden {}", env!("CARGO_PKG_VERSION"))
+    );
+    let inspect = run(Command::new("docker").args([
+        "image",
+        "inspect",
+        "-f",
+        "{{.Size}}|{{.Config.User}}|{{json .Config.Entrypoint}}|{{index .Config.Labels \"org.opencontainers.image.version\"}}",
+        warden,
+    ]));
+    let text = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    let parts: Vec<&str> = text.split('|').collect();
+    let size: u64 = parts[0].parse().unwrap();
+    assert!(size < 15 << 20, "image is {size} bytes");
+    assert_eq!(parts[1], "65532:65532", "non-root by default");
+    assert_eq!(parts[2], "[\"/egress-warden\"]");
+    assert_eq!(parts[3], env!("CARGO_PKG_VERSION"));
+    // FROM scratch: there is no shell to run.
+    let shell = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/bin/sh",
+            warden,
+            "-c",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!shell.status.success(), "the image has a shell");
+    eprintln!("image {warden}: {size} bytes");
+}

@@ -2,15 +2,16 @@
 //! the way up, closes on idle or when the run is terminated, and propagates half-close (a FIN
 //! one way becomes a `shutdown(Write)` the other way) so no byte is lost or reordered.
 //!
-//! Both directions work on `&TcpStream` through readiness (`readable`/`try_read`,
-//! `writable`/`try_write`), so neither needs a split borrow, and a direction allocates its
-//! buffer only once data first arrives: an idle tunnel holds no relay buffers.
+//! Both directions work on `&TcpStream` through readiness, so neither needs a split borrow.
+//! Bytes move by splice(2) through a pipe ([`crate::splice`]) that a direction holds only while
+//! bytes are in flight: an idle tunnel holds no buffer and no pipe.
 
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -18,9 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::UploadGate;
 use crate::enforce::Enforcer;
-
-/// Bytes read per system call and direction.
-pub const BUF_SIZE: usize = 32 * 1024;
+use crate::splice::Pipe;
 
 /// Why a relay ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -117,17 +116,19 @@ impl Activity {
 impl Relay<'_> {
     /// Sends `prefix` (bytes already read from the client) upstream, then relays both ways
     /// until both sides are done, the tunnel idles out, the run is killed or a budget runs out.
-    pub async fn run(&self, client: &TcpStream, upstream: &TcpStream, prefix: &[u8]) -> End {
+    /// The prefix is taken by value and freed once sent, so a long tunnel does not hold it.
+    pub async fn run(&self, client: &TcpStream, upstream: &TcpStream, prefix: BytesMut) -> End {
         let activity = Activity::new();
         if !prefix.is_empty() {
             if !self.gate.admit(prefix.len() as u64, self.enforcer) {
                 return End::Budget;
             }
-            if write_all(upstream, prefix).await.is_err() {
+            if write_all(upstream, &prefix).await.is_err() {
                 return End::Error;
             }
             self.count_up(prefix.len());
         }
+        drop(prefix);
         let both = async {
             tokio::try_join!(
                 self.pump(client, upstream, true, &activity),
@@ -168,26 +169,58 @@ impl Relay<'_> {
         up: bool,
         activity: &Activity,
     ) -> Result<(), PumpError> {
-        let mut buf = Vec::new();
+        let mut pipe: Option<Pipe> = None;
+        let result = self.pump_with(src, dst, up, activity, &mut pipe).await;
+        if let Some(p) = pipe {
+            p.give_back(); // closed instead when bytes were left in it
+        }
+        result
+    }
+
+    async fn pump_with(
+        &self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        up: bool,
+        activity: &Activity,
+        slot: &mut Option<Pipe>,
+    ) -> Result<(), PumpError> {
         loop {
             src.readable().await.map_err(|_| PumpError::Io)?;
-            if buf.is_empty() {
-                buf = vec![0; BUF_SIZE];
-            }
-            let n = match src.try_read(&mut buf) {
+            let pipe = match slot {
+                Some(p) => p,
+                None => slot.insert(Pipe::take().map_err(|e| {
+                    tracing::warn!(error = %e, "cannot create a pipe for a tunnel");
+                    PumpError::Io
+                })?),
+            };
+            let n = match pipe.fill_from(src) {
                 Ok(0) => {
                     // EOF: pass the half-close on; the other direction keeps going.
                     let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
                     return Ok(());
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing more to move for now: the pipe (empty) goes back while we wait.
+                    if let Some(p) = slot.take() {
+                        p.give_back();
+                    }
+                    continue;
+                }
                 Err(_) => return Err(PumpError::Io),
             };
             if up && !self.gate.admit(n as u64, self.enforcer) {
                 return Err(PumpError::Budget);
             }
-            write_all(dst, &buf[..n]).await.map_err(|_| PumpError::Io)?;
+            while pipe.held() > 0 {
+                dst.writable().await.map_err(|_| PumpError::Io)?;
+                match pipe.drain_into(dst) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(PumpError::Io),
+                }
+            }
             activity.touch();
             if up {
                 self.count_up(n);

@@ -17,7 +17,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 fn raw(addr: &SocketAddr, ty: Type, protocol: Protocol, mark: Option<u32>) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(*addr), ty.cloexec(), Some(protocol))?;
+    // Non-blocking from creation: saves the two fcntl calls of `set_nonblocking` per dial.
+    let socket = Socket::new(
+        Domain::for_address(*addr),
+        ty.cloexec().nonblocking(),
+        Some(protocol),
+    )?;
     if let Some(mark) = mark {
         socket.set_mark(mark).map_err(|e| {
             io::Error::new(
@@ -26,7 +31,6 @@ fn raw(addr: &SocketAddr, ty: Type, protocol: Protocol, mark: Option<u32>) -> io
             )
         })?;
     }
-    socket.set_nonblocking(true)?;
     Ok(socket)
 }
 

@@ -109,13 +109,13 @@ pub async fn run(
     };
     let end = match sniffed {
         Ok(Flight::Tls(hello)) => match check_hello(&policy, &target, &hello) {
-            Ok(()) => relay.run(&client, &upstream.stream, &buf).await,
+            Ok(()) => relay.run(&client, &upstream.stream, buf).await,
             Err((reason, detail)) => match denied_flight(&mut a, reason, detail) {
                 Judgement::Deny => {
                     let _ = write_all(&client, &TLS_ACCESS_DENIED).await;
                     End::Closed
                 }
-                _ => relay.run(&client, &upstream.stream, &buf).await,
+                _ => relay.run(&client, &upstream.stream, buf).await,
             },
         },
         Ok(Flight::Http) => {
@@ -139,10 +139,10 @@ pub async fn run(
                 .fetch_add(down, std::sync::atomic::Ordering::Relaxed);
             end
         }
-        Ok(Flight::Other) => relay.run(&client, &upstream.stream, &buf).await,
+        Ok(Flight::Other) => relay.run(&client, &upstream.stream, buf).await,
         Err(SniffFail::Bad(detail)) => match denied_flight(&mut a, Reason::SniffFailed, detail) {
             Judgement::Deny => End::Closed,
-            _ => relay.run(&client, &upstream.stream, &buf).await,
+            _ => relay.run(&client, &upstream.stream, buf).await,
         },
         Err(SniffFail::Ended(end)) => end,
     };

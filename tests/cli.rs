@@ -211,3 +211,37 @@ async fn every_option_can_come_from_the_environment() {
     );
     child.kill().await.unwrap();
 }
+
+/// (soft, hard) `Max open files` of a process.
+fn nofile(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut words = line.split_whitespace().skip(3);
+    let mut next = || words.next().unwrap().parse::<u64>().unwrap();
+    (next(), next())
+}
+
+#[tokio::test]
+async fn the_descriptor_limit_is_raised_to_cover_the_connection_cap() {
+    // Started with a soft limit of 256 (util-linux prlimit execs the warden in place): a cap of
+    // 2000 connections needs 2 * 2000 + 1024 descriptors, which the warden raises itself to.
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    let mut child = tokio::process::Command::new("prlimit")
+        .args(["--nofile=256:", "--", BIN, "serve"])
+        .args(["--http-listen", "127.0.0.1:0", "--socks-listen", "off"])
+        .args(["--admin-listen", "off", "--audit-log", "/dev/null"])
+        .args(["--dns-upstream", "127.0.0.1:9", "--max-connections", "2000"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    support::eventually("the ready file", async || ready.exists().then_some(())).await;
+    let (soft, hard) = nofile(child.id().unwrap());
+    assert_eq!(soft, 5024.min(hard), "soft {soft} hard {hard}");
+    child.kill().await.unwrap();
+}

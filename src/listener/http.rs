@@ -187,20 +187,24 @@ impl Conn {
         let (shared2, kill, guard) = (shared.clone(), self.kill.clone(), self.guard.clone());
         shared.tasks.spawn(async move {
             let _guard = guard;
-            let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
-                Ok(Ok(parts)) => parts,
+            let (io, read_buf) = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>())
+            {
+                Ok(Ok(parts)) => (parts.io, parts.read_buf),
                 _ => {
                     a.error = Some("upgrade_failed");
                     shared2.finish(a).await;
                     return;
                 }
             };
-            let buffered = BytesMut::from(&parts.read_buf[..]);
+            // Copy what the client pipelined and free hyper's read buffer now: the tunnel may
+            // stay open for hours.
+            let buffered = BytesMut::from(&read_buf[..]);
+            drop(read_buf);
             tunnel::run(
                 shared2,
                 policy,
                 a,
-                parts.io.into_inner(),
+                io.into_inner(),
                 buffered,
                 upstream,
                 target,

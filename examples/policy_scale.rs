@@ -58,7 +58,7 @@ fn main() {
             black_box(policy.decide_ip(black_box(p.ip_miss), 80));
         });
         println!(
-            "{{\"rules\": {n}, \"load_ms\": {load_ms:.1}, \"policy_mib\": {policy_mib:.1}, \
+            "{{\"rules\": {n}, \"load_ms\": {load_ms:.3}, \"policy_mib\": {policy_mib:.1}, \
              \"exact_ns\": {exact:.0}, \"wildcard_ns\": {wildcard:.0}, \"miss_ns\": {miss:.0}, \
              \"ip_ns\": {ip:.0}, \"ip_miss_ns\": {ip_miss:.0}}}"
         );

@@ -179,6 +179,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// Does the client end its connection after this request (`Connection: close`, or HTTP/1.0
+/// without `keep-alive`)?
+pub fn is_last_request(version: hyper::Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has("close") || (version == hyper::Version::HTTP_10 && !has("keep-alive"))
+}
+
 // === Upstream connections ===
 
 /// An upstream socket that counts bytes and asks the upload gate before writing. Bytes are
@@ -366,8 +380,16 @@ impl UpstreamHttp {
             .map_or("/", |p| p.as_str())
             .to_owned();
         *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+        let last = is_last_request(req.version(), req.headers());
         *req.version_mut() = hyper::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
+        if last {
+            // The client closes after this response, so this upstream connection will not be
+            // reused: ask the server to close first, leaving TIME_WAIT on its side rather than
+            // holding one of the warden's ephemeral ports to that destination for a minute.
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Ok(v) = HeaderValue::from_str(authority) {
             req.headers_mut().insert(header::HOST, v);
         }
@@ -510,6 +532,36 @@ impl Drop for RequestDone {
             self.shared
                 .tasks
                 .spawn(async move { shared.finish(a).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Version;
+
+    #[test]
+    fn the_last_request_of_a_client_connection_is_recognised() {
+        let cases: [(Version, &[&str], bool); 7] = [
+            (Version::HTTP_11, &[], false),
+            (Version::HTTP_11, &["close"], true),
+            (Version::HTTP_11, &["Keep-Alive, Close"], true),
+            (Version::HTTP_11, &["x-foo", "CLOSE"], true),
+            (Version::HTTP_11, &["closed"], false),
+            (Version::HTTP_10, &[], true),
+            (Version::HTTP_10, &["keep-alive"], false),
+        ];
+        for (version, values, last) in cases {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::CONNECTION, HeaderValue::from_static(v));
+            }
+            assert_eq!(
+                is_last_request(version, &headers),
+                last,
+                "{version:?} {values:?}"
+            );
         }
     }
 }

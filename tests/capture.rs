@@ -640,8 +640,12 @@ async fn capture_is_proven_before_ready_and_its_loss_ends_the_run() {
         Some(1.0),
         "{text}"
     );
+    let start = support::eventually("the start line", async || {
+        w.audit_lines().into_iter().find(|l| l["event"] == "start")
+    })
+    .await;
     assert!(
-        w.audit_lines()[0]["capture"]
+        start["capture"]
             .as_str()
             .unwrap()
             .contains("redirect to :15001")

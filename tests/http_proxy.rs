@@ -168,12 +168,16 @@ async fn noncanonical_ip_spellings_are_denied() {
             "{req:?}: {head}"
         );
     }
-    let lines = w.audit_lines();
-    let count = lines
-        .iter()
-        .filter(|l| l["reason"] == "noncanonical_ip")
-        .count();
-    assert_eq!(count, cases.len());
+    // The audit writer group-commits, so the lines land a moment after the responses.
+    support::eventually("a noncanonical_ip line per request", async || {
+        let count = w
+            .audit_lines()
+            .iter()
+            .filter(|l| l["reason"] == "noncanonical_ip")
+            .count();
+        (count == cases.len()).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

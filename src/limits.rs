@@ -34,14 +34,12 @@ pub fn raise_nofile(max_connections: usize) -> nix::Result<NoFile> {
     let needed = fds_needed(max_connections);
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let want = needed.min(hard);
-    if want > soft {
+    let soft = if want > soft {
         setrlimit(Resource::RLIMIT_NOFILE, want, hard)?;
-        return Ok(NoFile {
-            soft: want,
-            hard,
-            needed,
-        });
-    }
+        want
+    } else {
+        soft
+    };
     Ok(NoFile { soft, hard, needed })
 }
 

@@ -157,7 +157,8 @@ impl Relay<'_> {
         self.sent.inc_by(n as u64);
     }
 
-    fn count_down(&self, n: usize) {
+    /// Counts bytes delivered to the client (also used while the first flight is sniffed).
+    pub fn count_down(&self, n: usize) {
         self.traffic.down.fetch_add(n as u64, Ordering::Relaxed);
         self.received.inc_by(n as u64);
     }

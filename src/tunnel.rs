@@ -225,8 +225,7 @@ async fn first_flight(
                     }
                     Ok(n) => {
                         write_all(client, &down[..n]).await.map_err(|_| SniffFail::Ended(End::Error))?;
-                        relay.traffic.down.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                        relay.received.inc_by(n as u64);
+                        relay.count_down(n);
                         idle_deadline = Instant::now() + relay.idle;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

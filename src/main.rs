@@ -4,6 +4,12 @@
 use clap::Parser;
 use clap::error::ErrorKind;
 
+/// mimalloc instead of glibc's malloc: 5-9% less CPU per connection and per request (no arena
+/// lock between the runtime's threads). Built with `no_thp` so huge pages do not inflate the
+/// resident size of a warden that runs beside every sandbox (docs/performance.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = match egress_warden::Cli::try_parse() {
         Ok(cli) => cli,

@@ -32,6 +32,7 @@ use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::sandbox::{self, Sandbox};
+use crate::shards::{ShardThreads, Shards};
 use crate::state::{Shared, bounded};
 use crate::summary::{RunInfo, write_atomically};
 use crate::{admin, bind, capture, check};
@@ -194,19 +195,37 @@ fn start(options: &Options, command: Option<Vec<OsString>>, isolate: bool) -> i3
     }
     let policy = Policy::new(rules);
     let keep = crate::privileges::needed(&config, command.is_some());
-    let thread_keep = keep.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("egress-warden")
-        .on_thread_start(move || {
-            if let Err(e) = crate::privileges::limit_thread(&thread_keep) {
+    let limit = {
+        let keep = keep.clone();
+        move || {
+            if let Err(e) = crate::privileges::limit_thread(&keep) {
                 tracing::error!(error = %e, "cannot drop capabilities in a runtime thread");
             }
-        })
+        }
+    };
+    // Connections are served by the shards; this runtime runs the rest (signals, the admin
+    // and DNS listeners, the sandbox), which one worker keeps up with.
+    let metrics = Arc::new(Metrics::new(&config.run_id, config.capture.is_some()));
+    let shards = ShardThreads::start(
+        config.worker_threads,
+        |i| metrics.worker_gauge(i),
+        limit.clone(),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("egress-warden")
+        .on_thread_start(limit)
         .build();
-    match runtime {
-        Ok(rt) => rt.block_on(serve(config, policy, command, keep)),
-        Err(e) => {
+    match (runtime, shards) {
+        (Ok(rt), Ok(threads)) => {
+            let shards = threads.shards().clone();
+            let code = rt.block_on(serve(config, policy, command, keep, metrics, shards));
+            drop(rt);
+            drop(threads);
+            code
+        }
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("egress-warden: cannot start the runtime: {e}");
             EXIT_FAILURE
         }
@@ -329,9 +348,10 @@ async fn serve(
     policy: Policy,
     command: Option<Vec<OsString>>,
     keep: Vec<caps::Capability>,
+    metrics: Arc<Metrics>,
+    shards: Arc<Shards>,
 ) -> i32 {
     let started = SystemTime::now();
-    let metrics = Arc::new(Metrics::new(&config.run_id, config.capture.is_some()));
     let audit_failed = CancellationToken::new();
     let (audit, audit_thread) = match Audit::open(&config.audit, audit_failed.clone()) {
         Ok(pair) => pair,
@@ -435,20 +455,20 @@ async fn serve(
     let ready = Arc::new(AtomicBool::new(false));
     let mut listeners = JoinSet::new();
     let spawned = (|| -> std::io::Result<()> {
-        let mut accept = |l, kind, handle, refuse| {
-            listener::spawn_accept(&mut listeners, &shared, &stop, l, kind, handle, refuse)
+        let mut accepting = listener::Accepting {
+            set: &mut listeners,
+            shared: &shared,
+            shards: &shards,
+            stop: &stop,
         };
-        accept(
+        accepting.spawn(
             facing.http,
             Listener::Http,
             listener::http::serve,
             listener::http::refuse,
         )?;
         if let Some(l) = facing.socks {
-            listener::spawn_accept(
-                &mut listeners,
-                &shared,
-                &stop,
+            accepting.spawn(
                 l,
                 Listener::Socks,
                 listener::socks::serve,
@@ -456,10 +476,7 @@ async fn serve(
             )?;
         }
         for l in facing.transparent {
-            listener::spawn_accept(
-                &mut listeners,
-                &shared,
-                &stop,
+            accepting.spawn(
                 l,
                 Listener::Transparent,
                 listener::transparent::serve,
@@ -470,15 +487,7 @@ async fn serve(
         for l in facing.dns_tcp {
             let dns = dns.clone();
             let handle = move |shared, acc| listener::dns::serve_tcp(shared, dns.clone(), acc);
-            listener::spawn_accept(
-                &mut listeners,
-                &shared,
-                &stop,
-                l,
-                Listener::Dns,
-                handle,
-                listener::dns::refuse,
-            )?;
+            accepting.spawn(l, Listener::Dns, handle, listener::dns::refuse)?;
         }
         for s in facing.dns_udp {
             let s = tokio::net::UdpSocket::from_std(s)?;

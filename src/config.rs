@@ -363,6 +363,10 @@ pub struct Options {
         value_name = "N"
     )]
     pub max_headers: usize,
+    /// Threads serving connections, each with its own event loop (default: the CPUs this
+    /// process may use, after affinity and cgroup quota).
+    #[arg(long, env = "EGRESS_WARDEN_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// Log filter for diagnostics on stderr (tracing syntax, e.g. `info` or `egress_warden=debug`).
     #[arg(
         long,
@@ -488,6 +492,8 @@ pub struct Config {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Shards serving connections (see `shards`).
+    pub worker_threads: usize,
     pub log: String,
     /// SO_MARK on upstream sockets (under capture), exempting them from the capture ruleset.
     pub mark: Option<u32>,
@@ -671,6 +677,16 @@ impl Options {
                 "expected 1 to 1000000",
             ));
         }
+        let worker_threads = self
+            .worker_threads
+            .unwrap_or_else(crate::shards::default_count);
+        if !(1..=crate::shards::MAX_SHARDS).contains(&worker_threads) {
+            return Err(invalid(
+                "worker-threads",
+                &worker_threads.to_string(),
+                "expected 1 to 1024",
+            ));
+        }
         if !(8..=1000).contains(&self.max_headers) {
             return Err(invalid(
                 "max-headers",
@@ -748,6 +764,7 @@ impl Options {
             max_connections: self.max_connections,
             max_header_bytes,
             max_headers: self.max_headers,
+            worker_threads,
             log: self.log.clone(),
             mark: capture.as_ref().map(|c| c.spec.mark),
             capture,
@@ -800,6 +817,8 @@ mod tests {
             (&["--idle-timeout", "soon"], "--idle-timeout"),
             (&["--max-header-bytes", "1KiB"], "--max-header-bytes"),
             (&["--max-connections", "0"], "--max-connections"),
+            (&["--worker-threads", "0"], "--worker-threads"),
+            (&["--worker-threads", "5000"], "--worker-threads"),
             (&["--audit-log", ""], "--audit-log"),
         ];
         assert!(!cases.is_empty());

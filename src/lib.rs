@@ -25,6 +25,7 @@ pub mod privileges;
 pub mod relay;
 pub mod resolve;
 pub mod sandbox;
+pub mod shards;
 pub mod size;
 pub mod sniff;
 pub mod sockets;

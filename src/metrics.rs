@@ -27,6 +27,12 @@ struct ListenerLabels {
     listener: &'static str,
 }
 
+/// A worker thread (shard) by index: as many values as `--worker-threads`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: u32,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -75,6 +81,7 @@ pub struct Metrics {
     sent: Family<ListenerLabels, Counter>,
     received: Family<ListenerLabels, Counter>,
     open: Family<ListenerLabels, Gauge>,
+    workers: Family<WorkerLabels, Gauge>,
     connect_seconds: Histogram,
     lookups: Family<OutcomeLabels, Counter>,
     violations: Family<ReasonLabels, Counter>,
@@ -96,6 +103,7 @@ impl Metrics {
             sent: Family::default(),
             received: Family::default(),
             open: Family::default(),
+            workers: Family::default(),
             connect_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             lookups: Family::default(),
             violations: Family::default(),
@@ -127,6 +135,11 @@ impl Metrics {
             "connections_open",
             "Client connections currently open",
             m.open.clone(),
+        );
+        registry.register(
+            "worker_connections",
+            "Client connections currently served by each worker thread",
+            m.workers.clone(),
         );
         registry.register_with_unit(
             "upstream_connect_duration",
@@ -240,6 +253,15 @@ impl Metrics {
         self.open
             .get_or_create(&ListenerLabels {
                 listener: listener.as_str(),
+            })
+            .clone()
+    }
+
+    /// The open-connections gauge of worker thread `worker` (created at zero).
+    pub fn worker_gauge(&self, worker: usize) -> Gauge {
+        self.workers
+            .get_or_create(&WorkerLabels {
+                worker: u32::try_from(worker).unwrap_or(u32::MAX),
             })
             .clone()
     }

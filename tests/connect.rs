@@ -1,7 +1,7 @@
 //! CONNECT tunnels: real TLS clients through the tunnel, SNI checked against the target
 //! (domain fronting refused with a TLS alert), HTTP inside tunnels decided per request, and
-//! byte-exact large transfers both ways with half-close (through the splice fast path), and idle
-//! tunnels that hold no pipes.
+//! byte-exact large transfers both ways with half-close (through the splice fast path), idle
+//! tunnels that hold no pipes, and tunnels spread over the worker threads.
 
 mod support;
 
@@ -332,4 +332,70 @@ async fn idle_tunnels_give_their_splice_pipes_back() {
     let held = pipe_fds(w.pid) - before;
     assert!(held <= 8, "{held} pipe descriptors held by 40 idle tunnels");
     assert_eq!(tunnels.len(), 40);
+}
+
+/// `egress_warden_worker_connections` of each of `n` workers.
+async fn worker_loads(w: &Warden, n: usize) -> Vec<f64> {
+    let text = w.metrics().await;
+    (0..n)
+        .map(|i| {
+            let worker = i.to_string();
+            support::sample(
+                &text,
+                "egress_warden_worker_connections",
+                &[("worker", &worker)],
+            )
+            .unwrap_or_else(|| panic!("no gauge for worker {i}:\n{text}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tunnels_opened_at_once_are_spread_over_the_worker_threads() {
+    let bytes = ByteUpstream::start().await;
+    let dns = FakeDns::start(&[]).await;
+    let w = Warden::builder()
+        .allow(&format!("127.0.0.1:{}", bytes.addr.port()))
+        .dns(dns.addr)
+        .arg("--worker-threads")
+        .arg("3")
+        .spawn()
+        .await;
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", w.pid))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| n.starts_with("egress-warden-"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["egress-warden-0", "egress-warden-1", "egress-warden-2"]
+    );
+    // Twelve tunnels at once: whichever worker accepts them, each worker serves some.
+    let target = format!("127.0.0.1:{}", bytes.addr.port());
+    let opening: Vec<_> = (0..12)
+        .map(|_| {
+            let (proxy, target) = (w.http, target.clone());
+            tokio::spawn(async move { connect_tunnel(proxy, &target).await })
+        })
+        .collect();
+    let mut tunnels = Vec::new();
+    for t in opening {
+        let (mut t, status) = t.await.unwrap();
+        assert!(status.contains(" 200"), "{status}");
+        t.write_all(b"echo\nping").await.unwrap();
+        let mut buf = [0u8; 4];
+        t.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        tunnels.push(t);
+    }
+    let loads = worker_loads(&w, 3).await;
+    assert_eq!(loads.iter().sum::<f64>(), 12.0, "{loads:?}");
+    assert!(loads.iter().all(|&l| l >= 2.0), "{loads:?}");
+    drop(tunnels);
+    support::eventually("every worker idle", async || {
+        (worker_loads(&w, 3).await == [0.0; 3]).then_some(())
+    })
+    .await;
 }

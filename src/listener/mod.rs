@@ -1,5 +1,6 @@
-//! The sandbox-facing listeners and what they share: the accept loop, the cap on concurrent
-//! connections (refused cleanly, with a record), and per-connection kill handling.
+//! The sandbox-facing listeners and what they share: the accept loop (one per shard, see
+//! [`crate::shards`]), the cap on concurrent connections (refused cleanly, with a record), and
+//! per-connection kill handling.
 
 pub mod dns;
 pub mod http;
@@ -17,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::Reason;
+use crate::shards::{Shards, Slot};
 use crate::state::{Attempt, Shared};
 
 /// Which listener a connection arrived on (a metric label and an audit field).
@@ -43,6 +45,7 @@ impl Listener {
 /// the last holder (the connection, or the tunnel it handed off to) drops it.
 pub struct ConnGuard {
     _permit: OwnedSemaphorePermit,
+    _slot: Slot,
     open: Gauge,
 }
 
@@ -62,45 +65,75 @@ pub struct Accepted {
     pub kill: Option<CancellationToken>,
 }
 
-/// Serves a bound std listener with [`accept_loop`] as a task of `set`.
-pub fn spawn_accept<H, F, R, RF>(
-    set: &mut tokio::task::JoinSet<()>,
-    shared: &Arc<Shared>,
-    stop: &CancellationToken,
-    listener: std::net::TcpListener,
-    kind: Listener,
-    handle: H,
-    refuse: R,
-) -> std::io::Result<()>
-where
-    H: Fn(Arc<Shared>, Accepted) -> F + Send + Sync + 'static,
-    F: Future<Output = ()> + Send + 'static,
-    R: Fn(TcpStream) -> RF + Send + Sync + 'static,
-    RF: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::from_std(listener)?;
-    set.spawn(accept_loop(
-        shared.clone(),
-        listener,
-        kind,
-        stop.clone(),
-        handle,
-        refuse,
-    ));
-    Ok(())
+/// Where accept loops are started: the tasks of `set`, stopped by `stop`.
+pub struct Accepting<'a> {
+    pub set: &'a mut tokio::task::JoinSet<()>,
+    pub shared: &'a Arc<Shared>,
+    pub shards: &'a Arc<Shards>,
+    pub stop: &'a CancellationToken,
 }
 
-/// Accepts until `stop` is cancelled, spawning `handle` for each connection. Over the cap, a
-/// connection is refused with `refuse` (a short protocol-appropriate answer) and recorded.
+impl Accepting<'_> {
+    /// Serves a bound std listener with an [`accept_loop`] on every shard.
+    pub fn spawn<H, F, R, RF>(
+        &mut self,
+        listener: std::net::TcpListener,
+        kind: Listener,
+        handle: H,
+        refuse: R,
+    ) -> std::io::Result<()>
+    where
+        H: Fn(Arc<Shared>, Accepted) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+        R: Fn(TcpStream) -> RF + Clone + Send + Sync + 'static,
+        RF: Future<Output = ()> + Send + 'static,
+    {
+        listener.set_nonblocking(true)?;
+        for me in 0..self.shards.len() {
+            let runtime = self.shards.handle(me);
+            // Registered with this shard's reactor: its own descriptor for the shared socket.
+            let listener = {
+                let _in = runtime.enter();
+                TcpListener::from_std(listener.try_clone()?)?
+            };
+            let on = Placement {
+                shards: self.shards.clone(),
+                me,
+            };
+            let task = accept_loop(
+                self.shared.clone(),
+                listener,
+                kind,
+                self.stop.clone(),
+                on,
+                handle.clone(),
+                refuse.clone(),
+            );
+            self.set.spawn_on(task, runtime);
+        }
+        Ok(())
+    }
+}
+
+/// Which shard an accept loop runs on.
+pub struct Placement {
+    pub shards: Arc<Shards>,
+    pub me: usize,
+}
+
+/// Accepts until `stop` is cancelled, spawning `handle` for each connection on the shard
+/// [`Shards::place`] picks. Over the cap, a connection is refused with `refuse` (a short
+/// protocol-appropriate answer) and recorded.
 pub async fn accept_loop<H, F, R, RF>(
     shared: Arc<Shared>,
     listener: TcpListener,
     kind: Listener,
     stop: CancellationToken,
+    on: Placement,
     handle: H,
     refuse: R,
 ) where
-    H: Fn(Arc<Shared>, Accepted) -> F + Send + Sync + 'static,
+    H: Fn(Arc<Shared>, Accepted) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
     R: Fn(TcpStream) -> RF + Send + Sync + 'static,
     RF: Future<Output = ()> + Send + 'static,
@@ -134,18 +167,43 @@ pub async fn accept_loop<H, F, R, RF>(
         let kill = (!shared.enforcer.is_terminated()).then(|| shared.enforcer.kill_token().clone());
         let open = shared.metrics.open_gauge(kind);
         open.inc();
+        let (target, slot) = on.shards.place(on.me);
         let guard = ConnGuard {
             _permit: permit,
+            _slot: slot,
             open,
         };
-        shared.tasks.spawn(handle(
-            shared.clone(),
-            Accepted {
-                stream,
-                client,
-                guard,
-                kill,
+        if target == on.me {
+            shared.tasks.spawn(handle(
+                shared.clone(),
+                Accepted {
+                    stream,
+                    client,
+                    guard,
+                    kill,
+                },
+            ));
+            continue;
+        }
+        // Handed over: the socket leaves this shard's reactor for the target's.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let (shared2, handle) = (shared.clone(), handle.clone());
+        shared.tasks.spawn_on(
+            async move {
+                let Ok(stream) = TcpStream::from_std(stream) else {
+                    return;
+                };
+                let acc = Accepted {
+                    stream,
+                    client,
+                    guard,
+                    kill,
+                };
+                handle(shared2, acc).await;
             },
-        ));
+            on.shards.handle(target),
+        );
     }
 }

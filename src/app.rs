@@ -451,6 +451,9 @@ async fn serve(
             .await;
     }
 
+    for i in 0..shards.len() {
+        shards.handle(i).spawn(crate::pool::keep(shared.clone()));
+    }
     let stop = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let mut listeners = JoinSet::new();

@@ -297,6 +297,9 @@ pub struct UpstreamHttp {
     pub sender: SendRequest<Incoming>,
     pub traffic: Arc<Traffic>,
     pub gate: Arc<UploadGate>,
+    /// Kept in [`crate::pool`] once its client connection closes (the explicit proxy's plain
+    /// HTTP); otherwise it closes with its client.
+    pub pooled: bool,
 }
 
 impl UpstreamHttp {
@@ -352,6 +355,7 @@ impl UpstreamHttp {
             sender,
             traffic,
             gate,
+            pooled: false,
         })
     }
 
@@ -383,7 +387,7 @@ impl UpstreamHttp {
         let last = is_last_request(req.version(), req.headers());
         *req.version_mut() = hyper::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
-        if last {
+        if last && !self.pooled {
             // The client closes after this response, so this upstream connection will not be
             // reused: ask the server to close first, leaving TIME_WAIT on its side rather than
             // holding one of the warden's ephemeral ports to that destination for a minute.

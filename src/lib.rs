@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
 pub mod privileges;
 pub mod relay;
 pub mod resolve;

@@ -1,5 +1,6 @@
 //! Plain-HTTP proxying through the real binary: allowed requests reach the upstream, every
-//! request on a keep-alive connection is decided, and each denial explains itself.
+//! request on a keep-alive connection is decided, upstream connections outlive their client
+//! only while the policy allows them, and each denial explains itself.
 
 mod support;
 
@@ -363,4 +364,58 @@ async fn connections_over_the_cap_are_refused_cleanly_and_recorded() {
     )
     .await;
     assert_eq!(status_of(&head), 403, "a slot is free again: {head}");
+}
+
+/// One request on its own client connection (`Connection: close`), read to the end.
+async fn one_request(w: &Warden, host: &str, port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(w.http).await.unwrap();
+    let req = format!(
+        "GET http://{host}:{port}{path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    (status_of(&head), body)
+}
+
+#[tokio::test]
+async fn an_upstream_connection_serves_the_next_client_only_while_the_policy_allows_it() {
+    use nix::sys::signal::Signal;
+    let up = HttpUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    // One worker thread: the pool is per thread, so the next client is served where the
+    // first one left its upstream connection.
+    let w = Warden::builder()
+        .allow("allowed.test:*")
+        .upstream(up.addr)
+        .dns(dns.addr)
+        .arg("--worker-threads")
+        .arg("1")
+        .spawn()
+        .await;
+    let port = up.addr.port();
+    for path in ["/one", "/two", "/three"] {
+        let (status, body) = one_request(&w, "allowed.test", port, path).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(path), "{body}");
+    }
+    assert_eq!(up.seen.requests(), 3);
+    assert_eq!(
+        up.seen.connections(),
+        1,
+        "three clients, one upstream connection"
+    );
+    // The address's IP rule is removed: the kept connection must not carry another request.
+    std::fs::write(&w.allow, "allowed.test:*\n").unwrap();
+    w.signal(Signal::SIGHUP);
+    support::eventually("the reload", async || {
+        w.audit_lines()
+            .into_iter()
+            .find(|l| l["event"] == "reload" && l["result"] == "ok")
+    })
+    .await;
+    let (status, body) = one_request(&w, "allowed.test", port, "/four").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(up.seen.requests(), 3);
+    let denied = w.decision_for("allowed.test", "deny").await;
+    assert_eq!(denied["reason"], "special_address", "{denied}");
 }

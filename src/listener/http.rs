@@ -89,6 +89,15 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     let _ = tokio::time::timeout(config.timeouts.termination_drain, http).await;
 }
 
+impl Drop for Conn {
+    /// The client is gone: its upstream may serve the sandbox's next connection to the target.
+    fn drop(&mut self) {
+        if let Some(up) = self.upstream.get_mut().take() {
+            crate::pool::put(&self.shared, up);
+        }
+    }
+}
+
 impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let shared = &self.shared;
@@ -240,16 +249,23 @@ impl Conn {
             .map(|x| x.as_str().to_owned())
             .unwrap_or_default();
         let mut slot = self.upstream.lock().await;
-        let reusable = slot.as_ref().is_some_and(|u| {
-            u.target == target
-                && u.is_usable()
-                && (u.rule.is_none()
-                    || policy
-                        .check_resolved(u.addr.ip(), target.port, u.rule.as_ref())
-                        .is_allow())
-        });
+        // An upstream is reused only while the policy still allows its address.
+        let allowed = |u: &UpstreamHttp| {
+            u.rule.is_none()
+                || policy
+                    .check_resolved(u.addr.ip(), target.port, u.rule.as_ref())
+                    .is_allow()
+        };
+        let reusable = slot
+            .as_ref()
+            .is_some_and(|u| u.target == target && u.is_usable() && allowed(u));
         if !reusable {
-            *slot = None;
+            if let Some(old) = slot.take() {
+                crate::pool::put(shared, old);
+            }
+            *slot = crate::pool::take(&target, allowed);
+        }
+        if slot.is_none() {
             let upstream = match dial(shared, &policy, &target, &mut a).await {
                 Ok(u) => u,
                 Err(e) => return self.dial_failed(a, e, &what).await,
@@ -268,7 +284,10 @@ impl Conn {
             )
             .await
             {
-                Ok(u) => *slot = Some(u),
+                Ok(mut u) => {
+                    u.pooled = true;
+                    *slot = Some(u);
+                }
                 Err(_) => {
                     a.ip = Some(addr.ip());
                     a.error = Some("upstream_error");

@@ -50,7 +50,10 @@ def main(paths):
         print("|" + "---|" * len(header))
         for proxy, cells in rows.items():
             columns = zip(*[r.get(header, {}).get(proxy, cells) for r in runs])
-            print("| " + proxy + " | " + " | ".join(median_cell(list(c)) for c in columns) + " |")
+            # The version column is text (5.7, 1.11.1): taken from the first run.
+            out = [c[0] if name == "version" else median_cell(list(c))
+                   for name, c in zip(header[1:], columns)]
+            print("| " + proxy + " | " + " | ".join(out) + " |")
         print()
 
 

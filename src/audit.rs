@@ -38,11 +38,11 @@ pub fn timestamp(t: SystemTime) -> String {
 
 /// One decision about one connection, request or query.
 #[derive(Debug, Clone, Serialize)]
-pub struct DecisionRecord {
+pub struct DecisionRecord<'a> {
     pub schema: u32,
     pub event: &'static str,
     pub ts: String,
-    pub run_id: String,
+    pub run_id: &'a str,
     /// `http`, `socks5`.
     pub listener: &'static str,
     pub client: Option<SocketAddr>,
@@ -120,7 +120,9 @@ impl Audit {
 
     /// Queues one record (waits while the queue is full).
     pub async fn write<T: Serialize>(&self, record: &T) {
-        let mut line = serde_json::to_vec(record).expect("audit records always serialise");
+        // Sized for a typical decision line, so serialising does not grow the buffer.
+        let mut line = Vec::with_capacity(512);
+        serde_json::to_writer(&mut line, record).expect("audit records always serialise");
         line.push(b'\n');
         // A closed channel means the writer failed or the run is ending; failure has already
         // been signalled through the `failed` token.

@@ -377,7 +377,7 @@ impl UpstreamHttp {
         if let Some(a) = attempt.as_mut() {
             a.ip = Some(self.addr.ip());
         }
-        let what = format!("{} {}", req.method(), self.target);
+        let method = req.method().clone();
         let path = req
             .uri()
             .path_and_query()
@@ -423,6 +423,7 @@ impl UpstreamHttp {
             Ok(Err(_)) => "upstream_error",
             Err(_) => "upstream_timeout",
         };
+        let what = format!("{method} {}", self.target);
         let breach = self.gate.breach();
         if let Some(mut a) = attempt {
             a.bytes_up = self.traffic.up() - up0;

@@ -114,7 +114,7 @@ impl Shared {
             schema: SCHEMA,
             event: "decision",
             ts,
-            run_id: self.config.run_id.clone(),
+            run_id: &self.config.run_id,
             listener: a.listener.as_str(),
             client: a.client,
             host: a.host,

@@ -87,6 +87,8 @@ impl Summary {
         let full = inner.hosts.len() >= MAX_HOSTS && !inner.hosts.contains_key(host);
         let stats = if full {
             &mut inner.other
+        } else if inner.hosts.contains_key(host) {
+            inner.hosts.get_mut(host).expect("present")
         } else {
             inner.hosts.entry(host.to_owned()).or_default()
         };

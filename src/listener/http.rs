@@ -230,17 +230,19 @@ impl Conn {
             a.set_host(auth.host());
             a.port = Some(auth.port_u16().unwrap_or(80));
         }
-        let what = format!(
-            "{} {}",
-            req.method(),
-            a.host.as_deref().unwrap_or("(no host)")
-        );
+        // What a refusal names; built only when one is sent.
+        let method = req.method().clone();
+        let what = |a: &Attempt| format!("{method} {}", a.host.as_deref().unwrap_or("(no host)"));
         let target = match request_target(&req) {
             Ok(t) => t,
-            Err((reason, detail)) => return self.refuse(a, reason, Some(detail), &what).await,
+            Err((reason, detail)) => {
+                let what = what(&a);
+                return self.refuse(a, reason, Some(detail), &what).await;
+            }
         };
         let (policy, decision) = a.decide_target(shared, &target);
         if !a.proceeds() {
+            let what = what(&a);
             return self.refused(a, decision.reason, &what).await;
         }
         let authority = req
@@ -268,7 +270,10 @@ impl Conn {
         if slot.is_none() {
             let upstream = match dial(shared, &policy, &target, &mut a).await {
                 Ok(u) => u,
-                Err(e) => return self.dial_failed(a, e, &what).await,
+                Err(e) => {
+                    let what = what(&a);
+                    return self.dial_failed(a, e, &what).await;
+                }
             };
             let rules = a.rule.iter().chain(upstream.rule.iter()).map(|r| &**r);
             let gate = Arc::new(UploadGate::new(shared.budgets.charge_for(rules)));
@@ -289,6 +294,7 @@ impl Conn {
                     *slot = Some(u);
                 }
                 Err(_) => {
+                    let what = what(&a);
                     a.ip = Some(addr.ip());
                     a.error = Some("upstream_error");
                     shared.finish(a).await;

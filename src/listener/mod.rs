@@ -152,7 +152,6 @@ pub async fn accept_loop<H, F, R, RF>(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             let shared = shared.clone();
             let refused = refuse(stream);

@@ -30,6 +30,9 @@ PANELS = [
     ("Open client connections, by listener", "timeseries", "short", [
         (f'sum by (listener) (egress_warden_connections_open{{{RUN}}})', "{{listener}}"),
     ], 12),
+    ("Open client connections, by worker thread", "timeseries", "short", [
+        (f'sum by (worker) (egress_warden_worker_connections{{{RUN}}})', "worker {{worker}}"),
+    ], 12),
     ("Upstream connect latency (p50, p99)", "timeseries", "s", [
         (f'histogram_quantile(0.5, sum by (le) (rate(egress_warden_upstream_connect_duration_seconds_bucket{{{RUN}}}[$__rate_interval])))', "p50"),
         (f'histogram_quantile(0.99, sum by (le) (rate(egress_warden_upstream_connect_duration_seconds_bucket{{{RUN}}}[$__rate_interval])))', "p99"),

@@ -1,7 +1,8 @@
 //! Thread-per-core serving: each shard is a thread with its own single-threaded tokio runtime
-//! that accepts connections and serves them to the end, so a request, a tunnel's bytes and its
-//! timers never wake another thread. Shards share the listening sockets; a shard that accepts
-//! a connection while already serving more than its share hands it to the least-loaded shard.
+//! that serves its connections to the end, so a request, a tunnel's bytes and its timers never
+//! wake another thread. One shard in [`ACCEPT_EVERY`] accepts from the listening sockets; an
+//! accepting shard keeps a connection unless it already serves more than its share, and then
+//! hands it to the least-loaded shard.
 
 use std::io;
 use std::sync::Arc;
@@ -14,6 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// How many more open connections than the least-loaded shard a shard keeps before it hands a
 /// new one over. One keeps bursts balanced without moving every other connection.
 const SLACK: usize = 1;
+
+/// Shards 0, 4, 8, … accept. Every shard that waits on a listening socket is woken for each new
+/// connection and all but one find nothing to accept: with 16 shards accepting, that herd cost
+/// more than the hand-over it saves (docs/performance.md#worker-threads).
+pub const ACCEPT_EVERY: usize = 4;
 
 /// Most shards (a bound on threads and on the `--worker-threads` flag).
 pub const MAX_SHARDS: usize = 1024;

@@ -1,5 +1,5 @@
-//! The sandbox-facing listeners and what they share: the accept loop (one per shard, see
-//! [`crate::shards`]), the cap on concurrent connections (refused cleanly, with a record), and
+//! The sandbox-facing listeners and what they share: the accept loop (on one shard in four,
+//! see [`crate::shards`]), the cap on concurrent connections (refused cleanly, with a record), and
 //! per-connection kill handling.
 
 pub mod dns;
@@ -74,7 +74,8 @@ pub struct Accepting<'a> {
 }
 
 impl Accepting<'_> {
-    /// Serves a bound std listener with an [`accept_loop`] on every shard.
+    /// Serves a bound std listener with an [`accept_loop`] on every accepting shard
+    /// ([`crate::shards::ACCEPT_EVERY`]).
     pub fn spawn<H, F, R, RF>(
         &mut self,
         listener: std::net::TcpListener,
@@ -89,7 +90,7 @@ impl Accepting<'_> {
         RF: Future<Output = ()> + Send + 'static,
     {
         listener.set_nonblocking(true)?;
-        for me in 0..self.shards.len() {
+        for me in (0..self.shards.len()).step_by(crate::shards::ACCEPT_EVERY) {
             let runtime = self.shards.handle(me);
             // Registered with this shard's reactor: its own descriptor for the shared socket.
             let listener = {
@@ -122,7 +123,7 @@ pub struct Placement {
 }
 
 /// Accepts until `stop` is cancelled, spawning `handle` for each connection on the shard
-/// [`Shards::place`] picks. Over the cap, a connection is refused with `refuse` (a short
+/// [`Shards::place`] picks (this one, or the least-loaded). Over the cap, a connection is refused with `refuse` (a short
 /// protocol-appropriate answer) and recorded.
 pub async fn accept_loop<H, F, R, RF>(
     shared: Arc<Shared>,

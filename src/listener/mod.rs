@@ -123,8 +123,8 @@ pub struct Placement {
 }
 
 /// Accepts until `stop` is cancelled, spawning `handle` for each connection on the shard
-/// [`Shards::place`] picks (this one, or the least-loaded). Over the cap, a connection is refused with `refuse` (a short
-/// protocol-appropriate answer) and recorded.
+/// [`Shards::place`] picks (this one, or the least-loaded). Over the cap, a connection is
+/// refused with `refuse` (a short protocol-appropriate answer) and recorded.
 pub async fn accept_loop<H, F, R, RF>(
     shared: Arc<Shared>,
     listener: TcpListener,

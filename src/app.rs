@@ -187,7 +187,7 @@ fn start(options: &Options, command: Option<Vec<OsString>>, isolate: bool) -> i3
         }
     };
     init_tracing(&config.log);
-    crate::limits::apply(config.max_connections);
+    crate::limits::apply(config.max_connections, config.worker_threads);
     if config.dns_upstream.is_none() {
         tracing::warn!(
             "no DNS upstream (--dns-upstream, /etc/resolv.conf): every name will fail to resolve"

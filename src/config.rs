@@ -687,6 +687,8 @@ impl Options {
                 "expected 1 to 1024",
             ));
         }
+        // The message above spells the bound out (it must be a literal).
+        const _: () = assert!(crate::shards::MAX_SHARDS == 1024);
         if !(8..=1000).contains(&self.max_headers) {
             return Err(invalid(
                 "max-headers",

@@ -111,11 +111,6 @@ pub fn put(shared: &Shared, conn: UpstreamHttp) {
     let _ = POOL.try_with(|p| p.borrow_mut().put(conn, Instant::now()));
 }
 
-/// Idle connections on this thread (for tests and diagnostics).
-pub fn idle() -> usize {
-    POOL.with(|p| p.borrow().idle.len())
-}
-
 /// Runs on each worker thread: closes connections idle for [`IDLE_FOR`], and all of them when
 /// the warden starts draining or the run is terminated.
 pub async fn keep(shared: Arc<Shared>) {

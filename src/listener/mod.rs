@@ -173,16 +173,14 @@ pub async fn accept_loop<H, F, R, RF>(
             _slot: slot,
             open,
         };
+        let accepted = move |stream| Accepted {
+            stream,
+            client,
+            guard,
+            kill,
+        };
         if target == on.me {
-            shared.tasks.spawn(handle(
-                shared.clone(),
-                Accepted {
-                    stream,
-                    client,
-                    guard,
-                    kill,
-                },
-            ));
+            shared.tasks.spawn(handle(shared.clone(), accepted(stream)));
             continue;
         }
         // Handed over: the socket leaves this shard's reactor for the target's.
@@ -192,16 +190,9 @@ pub async fn accept_loop<H, F, R, RF>(
         let (shared2, handle) = (shared.clone(), handle.clone());
         shared.tasks.spawn_on(
             async move {
-                let Ok(stream) = TcpStream::from_std(stream) else {
-                    return;
-                };
-                let acc = Accepted {
-                    stream,
-                    client,
-                    guard,
-                    kill,
-                };
-                handle(shared2, acc).await;
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    handle(shared2, accepted(stream)).await;
+                }
             },
             on.shards.handle(target),
         );

@@ -77,6 +77,10 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
+/// A serialised audit line that found the queue full.
+#[must_use = "a line that is not sent is lost from the audit log"]
+pub struct Line(Vec<u8>);
+
 /// Handle to the audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
@@ -120,13 +124,29 @@ impl Audit {
 
     /// Queues one record (waits while the queue is full).
     pub async fn write<T: Serialize>(&self, record: &T) {
+        if let Some(line) = self.try_write(record) {
+            self.send(line).await;
+        }
+    }
+
+    /// Queues one record if the queue has room now; otherwise hands the serialised line back
+    /// for [`Audit::send`], so a caller that cannot wait (a `Drop`) waits only when it must.
+    pub fn try_write<T: Serialize>(&self, record: &T) -> Option<Line> {
         // Sized for a typical decision line, so serialising does not grow the buffer.
         let mut line = Vec::with_capacity(512);
         serde_json::to_writer(&mut line, record).expect("audit records always serialise");
         line.push(b'\n');
-        // A closed channel means the writer failed or the run is ending; failure has already
-        // been signalled through the `failed` token.
-        let _ = self.tx.send(Msg::Line(line)).await;
+        match self.tx.try_send(Msg::Line(line)) {
+            Err(mpsc::error::TrySendError::Full(Msg::Line(line))) => Some(Line(line)),
+            // Sent, or the channel is closed: the writer failed (already signalled through
+            // the `failed` token) or the run is ending.
+            _ => None,
+        }
+    }
+
+    /// Queues a line [`Audit::try_write`] could not, waiting while the queue is full.
+    pub async fn send(&self, line: Line) {
+        let _ = self.tx.send(Msg::Line(line.0)).await;
     }
 
     /// Flushes everything queued so far and stops the writer.
@@ -202,6 +222,61 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 1000);
         assert!(lines.iter().enumerate().all(|(i, v)| v["n"] == i));
+        assert!(!failed.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_line_that_finds_the_queue_full_comes_back_and_is_sent_in_order() {
+        // A FIFO nobody reads yet: the writer blocks once the pipe and its buffer are full,
+        // so the queue fills. Opening it read-write here keeps the writer's open from blocking.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("audit.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let failed = CancellationToken::new();
+        let (audit, thread) = Audit::open(&AuditTarget::File(fifo), failed.clone()).unwrap();
+        let mut n = 0u64;
+        let full = loop {
+            if let Some(line) = audit.try_write(&serde_json::json!({"n": n})) {
+                break line;
+            }
+            n += 1;
+        };
+        assert!(n >= QUEUE as u64, "the queue took only {n} lines");
+        // Drain the FIFO while the held line and one more are sent.
+        let drain = std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut lines = 0;
+            let mut buf = [0u8; 64 * 1024];
+            while lines < n + 2 {
+                let got = io::Read::read(&mut reader, &mut buf).unwrap();
+                text.push_str(std::str::from_utf8(&buf[..got]).unwrap());
+                lines = text.matches('\n').count() as u64;
+            }
+            text
+        });
+        audit.send(full).await;
+        audit.write(&serde_json::json!({"n": n + 1})).await;
+        audit.close().await;
+        thread.join();
+        let text = drain.join().unwrap();
+        let got: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(got, (0..n + 2).collect::<Vec<_>>());
         assert!(!failed.is_cancelled());
     }
 

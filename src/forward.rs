@@ -13,6 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
@@ -154,6 +155,11 @@ pub fn server_builder(
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by `Connection`, and the fixed set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names is cheaper than ten lookups.
+    // A name listed in `Connection` matters only when `Connection` itself is present.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -164,19 +170,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+}
+
+/// The fixed hop-by-hop headers (besides the non-standard two below).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const KEEP_ALIVE: &str = "keep-alive";
+const PROXY_CONNECTION: &str = "proxy-connection";
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
 }
 
 /// Does the client end its connection after this request (`Connection: close`, or HTTP/1.0
@@ -378,12 +393,15 @@ impl UpstreamHttp {
             a.ip = Some(self.addr.ip());
         }
         let method = req.method().clone();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+        // Origin form: the path and query alone (shared, not copied or parsed again).
+        let mut origin = hyper::http::uri::Parts::default();
+        origin.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        *req.uri_mut() = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
         let last = is_last_request(req.version(), req.headers());
         *req.version_mut() = hyper::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
@@ -533,10 +551,13 @@ impl Drop for RequestDone {
         if let Some(mut a) = self.attempt.take() {
             a.bytes_up = self.traffic.up() - self.up0;
             a.bytes_down = self.traffic.down() - self.down0;
-            let shared = self.shared.clone();
-            self.shared
-                .tasks
-                .spawn(async move { shared.finish(a).await });
+            // A task is needed only when the audit queue is full.
+            if let Some(line) = self.shared.record(a) {
+                let shared = self.shared.clone();
+                self.shared
+                    .tasks
+                    .spawn(async move { shared.audit.send(line).await });
+            }
         }
     }
 }
@@ -545,6 +566,58 @@ impl Drop for RequestDone {
 mod tests {
     use super::*;
     use hyper::Version;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_and_end_to_end_ones_kept() {
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            &'static [&'static str],
+        );
+        // (headers in, headers left)
+        let cases: [Case; 6] = [
+            (&[], &[]),
+            (&[("host", "a"), ("accept", "*/*")], &["host", "accept"]),
+            (
+                &[("host", "a"), ("proxy-connection", "keep-alive")],
+                &["host"],
+            ),
+            (&[("keep-alive", "timeout=5"), ("te", "trailers")], &[]),
+            (
+                &[
+                    ("connection", "x-trace, close"),
+                    ("x-trace", "1"),
+                    ("x-other", "2"),
+                ],
+                &["x-other"],
+            ),
+            (
+                &[
+                    ("proxy-authorization", "Basic eA=="),
+                    ("transfer-encoding", "chunked"),
+                    ("upgrade", "h2c"),
+                    ("trailer", "x"),
+                    ("proxy-authenticate", "Basic"),
+                    ("x-trace", "1"),
+                ],
+                &["x-trace"],
+            ),
+        ];
+        for (given, left) in cases {
+            let mut headers = HeaderMap::new();
+            for (name, value) in given {
+                headers.append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            strip_hop_by_hop(&mut headers);
+            let mut kept: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            let mut want = left.to_vec();
+            kept.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(kept, want, "{given:?}");
+        }
+    }
 
     #[test]
     fn the_last_request_of_a_client_connection_is_recognised() {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::allowlist::Rule;
-use crate::audit::{Audit, DecisionRecord, SCHEMA, timestamp};
+use crate::audit::{Audit, DecisionRecord, Line, SCHEMA, timestamp};
 use crate::budget::Budgets;
 use crate::config::Config;
 use crate::enforce::{Enforcer, Judgement, Ruling};
@@ -89,6 +89,14 @@ impl Shared {
 
     /// Records a finished attempt everywhere: metrics, summary, audit.
     pub async fn finish(&self, a: Attempt) {
+        if let Some(line) = self.record(a) {
+            self.audit.send(line).await;
+        }
+    }
+
+    /// [`Shared::finish`] without waiting: the audit line comes back when the queue is full,
+    /// for the caller to send from a task.
+    pub fn record(&self, a: Attempt) -> Option<Line> {
         let ruling = a.ruling.unwrap_or(Ruling::new(Judgement::Deny, false));
         let reason = a.reason.unwrap_or(Reason::MalformedRequest);
         let verdict = ruling.judgement.as_str();
@@ -131,7 +139,7 @@ impl Shared {
             error: a.error,
             violation: ruling.violation,
         };
-        self.audit.write(&record).await;
+        self.audit.try_write(&record)
     }
 }
 

@@ -55,7 +55,7 @@ pub struct DecisionRecord<'a> {
     pub verdict: &'static str,
     pub reason: &'static str,
     /// `file:line` of the rule that allowed it.
-    pub rule: Option<String>,
+    pub rule: Option<&'a str>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
@@ -132,10 +132,13 @@ impl Audit {
     /// Queues one record if the queue has room now; otherwise hands the serialised line back
     /// for [`Audit::send`], so a caller that cannot wait (a `Drop`) waits only when it must.
     pub fn try_write<T: Serialize>(&self, record: &T) -> Option<Line> {
-        // Sized for a typical decision line, so serialising does not grow the buffer.
-        let mut line = Vec::with_capacity(512);
-        serde_json::to_writer(&mut line, record).expect("audit records always serialise");
+        let mut line = serde_json::to_vec(record).expect("audit records always serialise");
         line.push(b'\n');
+        self.try_queue(line)
+    }
+
+    /// [`Audit::try_write`] for a line already written (with its newline).
+    pub fn try_queue(&self, line: Vec<u8>) -> Option<Line> {
         match self.tx.try_send(Msg::Line(line)) {
             Err(mpsc::error::TrySendError::Full(Msg::Line(line))) => Some(Line(line)),
             // Sent, or the channel is closed: the writer failed (already signalled through

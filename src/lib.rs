@@ -7,6 +7,7 @@ pub mod admin;
 pub mod allowlist;
 pub mod app;
 pub mod audit;
+pub mod audit_line;
 pub mod bind;
 pub mod budget;
 pub mod capture;

@@ -17,7 +17,7 @@ use crate::audit::{Audit, DecisionRecord, Line, SCHEMA, timestamp};
 use crate::budget::Budgets;
 use crate::config::Config;
 use crate::enforce::{Enforcer, Judgement, Ruling};
-use crate::host::Target;
+use crate::host::{Host, Target};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Policy, Reason};
@@ -130,7 +130,7 @@ impl Shared {
             ip: a.ip,
             verdict,
             reason: reason.as_str(),
-            rule: a.rule.map(|r| r.id.to_string()),
+            rule: a.rule.as_deref().map(|r| r.id.as_str()),
             bytes_up: a.bytes_up,
             bytes_down: a.bytes_down,
             duration_ms: u64::try_from(a.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -139,7 +139,7 @@ impl Shared {
             error: a.error,
             violation: ruling.violation,
         };
-        self.audit.try_write(&record)
+        self.audit.try_queue(record.to_line())
     }
 }
 
@@ -226,7 +226,11 @@ impl Attempt {
     /// Records the target, decides it with the current policy snapshot and rules on the
     /// decision. Returns the snapshot (the connection keeps using it) and the decision.
     pub fn decide_target(&mut self, shared: &Shared, target: &Target) -> (Arc<Policy>, Decision) {
-        self.set_host(&target.host.to_string());
+        match &target.host {
+            Host::Name(name) => self.set_host(name.as_str()),
+            // An address's text is far below the bound.
+            Host::Ip(ip) => self.host = Some(ip.to_string()),
+        }
         self.port = Some(target.port);
         let policy = shared.policy();
         let decision = policy.decide(target);

@@ -91,6 +91,14 @@ class Rig:
         wait_port(port, p, "upstream")
         return p, f"127.0.0.1:{port}"
 
+    def units(self, name):
+        """Runs workload `name` (3 s measured after 0.5 s of warm-up, 32 loops) and returns the
+        units of work over the whole run: egress-bench counts only the measured 3 s, so the
+        count is scaled to the wall time, warm-up and start included, that CPU is read over."""
+        t0 = time.monotonic()
+        n = self.run(name, 3, 0.5, 32)
+        return n * (time.monotonic() - t0) / 3
+
     def run(self, name, seconds, warmup, concurrency):
         cmd, kind, extra, unit = WORKLOADS[name]
         target = self.raw[1] if kind == "raw" else self.http[1]
@@ -120,23 +128,17 @@ def cost(warden, bench):
         up = rig.raw[0] if WORKLOADS[name][1] == "raw" else rig.http[0]
         before = sum(cpu(up.pid))
         r0 = os.times()
-        t0 = time.monotonic()
-        n = rig.run(name, 3, 0.5, 32)
-        wall = time.monotonic() - t0
+        units = rig.units(name)
         r1 = os.times()
         pair = (r1.children_user - r0.children_user + r1.children_system
                 - r0.children_system + sum(cpu(up.pid)) - before)
-        # Units in the warm-up are not counted by egress-bench: scale them in by time.
-        direct_us = pair / (n * wall / 3) * 1e6
+        direct_us = pair / units * 1e6
         rig.close()
 
         rig = Rig(bench, warden)
         u0, s0 = cpu(rig.warden.pid)
-        t0 = time.monotonic()
-        n = rig.run(name, 3, 0.5, 32)
-        wall = time.monotonic() - t0
+        units = rig.units(name)
         u1, s1 = cpu(rig.warden.pid)
-        units = n * wall / 3
         rig.close()
         user, kernel = (u1 - u0) / units * 1e6, (s1 - s0) / units * 1e6
         print(f"| {name} | {user:.0f} | {kernel:.0f} | {user + kernel:.0f} | {direct_us:.0f} |")

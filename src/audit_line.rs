@@ -25,28 +25,19 @@ impl DecisionRecord<'_> {
         out.extend_from_slice(b",\"listener\":");
         string(&mut out, self.listener);
         out.extend_from_slice(b",\"client\":");
-        match self.client {
-            Some(addr) => socket_addr(&mut out, addr),
-            None => out.extend_from_slice(b"null"),
-        }
+        nullable(&mut out, self.client, socket_addr);
         out.extend_from_slice(b",\"host\":");
-        optional(&mut out, self.host.as_deref());
+        nullable(&mut out, self.host.as_deref(), string);
         out.extend_from_slice(b",\"port\":");
-        match self.port {
-            Some(p) => number(&mut out, u64::from(p)),
-            None => out.extend_from_slice(b"null"),
-        }
+        nullable(&mut out, self.port.map(u64::from), number);
         out.extend_from_slice(b",\"ip\":");
-        match self.ip {
-            Some(ip) => ip_addr(&mut out, ip),
-            None => out.extend_from_slice(b"null"),
-        }
+        nullable(&mut out, self.ip, ip_addr);
         out.extend_from_slice(b",\"verdict\":");
         string(&mut out, self.verdict);
         out.extend_from_slice(b",\"reason\":");
         string(&mut out, self.reason);
         out.extend_from_slice(b",\"rule\":");
-        optional(&mut out, self.rule);
+        nullable(&mut out, self.rule, string);
         out.extend_from_slice(b",\"bytes_up\":");
         number(&mut out, self.bytes_up);
         out.extend_from_slice(b",\"bytes_down\":");
@@ -74,9 +65,10 @@ impl DecisionRecord<'_> {
     }
 }
 
-fn optional(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => string(out, s),
+/// `value` written by `write`, or `null` (how serde writes an `Option` it does not skip).
+fn nullable<T>(out: &mut Vec<u8>, value: Option<T>, write: fn(&mut Vec<u8>, T)) {
+    match value {
+        Some(v) => write(out, v),
         None => out.extend_from_slice(b"null"),
     }
 }

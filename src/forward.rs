@@ -89,23 +89,31 @@ pub fn denial(shared: &Shared, reason: Reason, what: &str) -> Response<ProxyBody
 /// The same refusal as raw HTTP/1.1 bytes (closing the connection), for a listener that
 /// reads the request itself (transparent capture).
 pub fn denial_bytes(shared: &Shared, reason: Reason, what: &str) -> Vec<u8> {
-    let rsp = denial(shared, reason, what);
-    let mut out = format!("HTTP/1.1 {}\r\n", rsp.status());
-    for (name, value) in rsp.headers() {
-        out.push_str(&format!(
-            "{name}: {}\r\n",
-            value.to_str().unwrap_or_default()
-        ));
-    }
-    let body = match &rsp.body().kind {
-        Kind::Full(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-        _ => String::new(),
+    response_bytes(&denial(shared, reason, what), true)
+}
+
+/// One of the warden's own replies (a refusal or a failure to reach the upstream, never an
+/// upstream's response) as raw HTTP/1.1 bytes, for a connection hyper is not writing to;
+/// `close` adds `connection: close`.
+pub fn response_bytes(rsp: &Response<ProxyBody>, close: bool) -> Vec<u8> {
+    let body: &[u8] = match &rsp.body().kind {
+        Kind::Full(Some(b)) => b,
+        _ => &[],
     };
-    out.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    ));
-    out.into_bytes()
+    let mut out = format!("HTTP/1.1 {}\r\n", rsp.status()).into_bytes();
+    for (name, value) in rsp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 /// A failure to reach an allowed upstream (not a policy denial).

@@ -183,6 +183,112 @@ async fn http_inside_a_tunnel_is_decided_request_by_request() {
     assert!(out.stdout.contains("GET /d"), "{out:?}");
 }
 
+/// Reads from `s` until what arrived contains `needle`; returns all of it.
+async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout(support::PATIENCE, s.read(&mut buf))
+            .await
+            .expect("bytes in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A connection that opens with a CONNECT is served without hyper (`first_connect`); these
+/// are the cases where that path must hand over or keep bytes exactly.
+#[tokio::test]
+async fn a_first_connect_keeps_the_bytes_around_its_head_and_hands_the_rest_to_hyper() {
+    let up = HttpUpstream::start().await;
+    let bytes = ByteUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let w = Warden::builder()
+        .allow("allowed.test:*")
+        .allow(&format!("127.0.0.1:{}", up.addr.port()))
+        .allow(&format!("127.0.0.1:{}", bytes.addr.port()))
+        .dns(dns.addr)
+        .spawn()
+        .await;
+    let port = up.addr.port();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n");
+
+    // A refused first CONNECT: the refusal is readable and the connection goes on serving.
+    let mut s = tokio::net::TcpStream::connect(w.http).await.unwrap();
+    s.write_all(b"CONNECT denied.test:443 HTTP/1.1\r\nHost: denied.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("proxy-status: egress-warden"),
+        "{head}"
+    );
+    assert!(body.contains("CONNECT denied.test:443"), "{body}");
+    s.write_all(get(&format!("http://allowed.test:{port}/after")).as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert!(body.contains("GET /after host=allowed.test"), "{body}");
+    let line = w.decision_for("denied.test", "deny").await;
+    assert_eq!(line["method"], "CONNECT");
+
+    // Bytes pipelined behind the CONNECT head reach the upstream exactly: the echo server
+    // returns them after the 200, and nothing else.
+    let mut s = tokio::net::TcpStream::connect(w.http).await.unwrap();
+    let payload = "echo\n\r\n\r\nGET / HTTP/1.1\r\n\r\n\u{0}\u{1}";
+    let head = format!(
+        "CONNECT allowed.test:{} HTTP/1.1\r\n\r\n",
+        bytes.addr.port()
+    );
+    s.write_all(format!("{head}{payload}").as_bytes())
+        .await
+        .unwrap();
+    let got = read_until(&mut s, "\u{0}\u{1}").await;
+    let (reply, rest) = got.split_once("\r\n\r\n").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{got:?}");
+    assert_eq!(rest, &payload["echo\n".len()..], "{got:?}");
+
+    // A CONNECT after a plain request on the same connection is hyper's, and tunnels too.
+    let mut s = tokio::net::TcpStream::connect(w.http).await.unwrap();
+    s.write_all(get(&format!("http://allowed.test:{port}/first")).as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    s.write_all(format!("CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    s.write_all(get("/inside").as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert!(body.contains("GET /inside"), "{body}");
+
+    // A head sent in two writes tunnels whichever path reads it.
+    let mut s = tokio::net::TcpStream::connect(w.http).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"CONNECT allowed.test:").await.unwrap();
+    s.write_all(format!("{port} HTTP/1.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    s.write_all(get("/split").as_bytes()).await.unwrap();
+    let (_, body) = read_response(&mut s).await;
+    assert!(body.contains("GET /split"), "{body}");
+    assert_eq!(up.seen.requests(), 4);
+}
+
 #[tokio::test]
 async fn connect_to_a_port_the_rule_does_not_allow_is_refused() {
     let dns = FakeDns::start(&[("web.test", &["127.0.0.1"])]).await;

@@ -8,19 +8,23 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, header};
+use hyper::{Method, Request, Response, Uri, header};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::first_connect::{self, Peeked};
 use super::{Accepted, ConnGuard, Listener};
 use crate::budget::UploadGate;
-use crate::connect::{DialError, dial};
-use crate::forward::{ProxyBody, UpstreamHttp, denial, server_builder, upstream_failure};
+use crate::connect::{DialError, Upstream, dial};
+use crate::forward::{
+    ProxyBody, UpstreamHttp, denial, response_bytes, server_builder, upstream_failure,
+};
 use crate::host::Target;
-use crate::policy::Reason;
+use crate::policy::{Policy, Reason};
+use crate::relay::write_all;
 use crate::state::{Attempt, Shared, bounded};
 use crate::tunnel;
 
@@ -46,47 +50,114 @@ struct Conn {
     upstream: Mutex<Option<UpstreamHttp>>,
 }
 
+/// A CONNECT that was allowed and dialled: what its tunnel starts from.
+struct Opened {
+    a: Attempt,
+    policy: Arc<Policy>,
+    upstream: Upstream,
+    target: Target,
+}
+
 /// Serves one client connection until it closes, idles out or the run is terminated.
 pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     let config = &shared.config;
+    let kill = acc.kill;
     let conn = Arc::new(Conn {
         shared: shared.clone(),
         client: acc.client,
-        kill: acc.kill.clone(),
+        kill: kill.clone(),
         guard: Arc::new(acc.guard),
         upstream: Mutex::new(None),
     });
-    let service = service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
-    let http = server_builder(config, config.timeouts.handshake)
-        .serve_connection(TokioIo::new(acc.stream), service)
-        .with_upgrades();
-    tokio::pin!(http);
-    let killed = async {
-        match &acc.kill {
-            Some(kill) => kill.cancelled().await,
-            None => std::future::pending().await,
+    let mut stream = acc.stream;
+    let stop = async {
+        tokio::select! {
+            () = cancelled(kill.as_ref()) => {}
+            () = shared.drain.cancelled() => {}
         }
     };
-    tokio::pin!(killed);
-    tokio::select! {
-        _ = &mut http => return,
-        () = &mut killed => {}
-        () = shared.drain.cancelled() => {
-            // Shutdown: an idle keep-alive connection closes now, a request in flight finishes.
-            http.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = &mut http => return,
-                () = &mut killed => {}
+    let head = config.max_header_bytes;
+    match first_connect::peek(&mut stream, config.timeouts.handshake, head, stop).await {
+        Peeked::Gone => return,
+        Peeked::Other => {}
+        Peeked::Connect(uri) => match conn.open(&uri).await {
+            Ok(t) => {
+                if write_all(&stream, first_connect::ESTABLISHED)
+                    .await
+                    .is_err()
+                {
+                    let mut a = t.a;
+                    a.error = Some("upgrade_failed");
+                    shared.finish(a).await;
+                    return;
+                }
+                let (policy, kill) = (t.policy, kill.clone());
+                let buffered = BytesMut::new();
+                // The guard stays with this task, which the tunnel now is.
+                tunnel::run(
+                    shared, policy, t.a, stream, buffered, t.upstream, t.target, kill,
+                )
+                .await;
+                return;
+            }
+            // Refused: the reply is written here and hyper serves what follows, as it would
+            // after a refusal it had written itself.
+            Err(rsp) => {
+                if write_all(&stream, &response_bytes(&rsp, false))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        },
+    }
+    // Boxed: a tunnel opened above never needs hyper's connection state in its task.
+    Box::pin(conn.serve_http(stream)).await;
+}
+
+/// Resolves when `kill` is cancelled; never without one.
+async fn cancelled(kill: Option<&CancellationToken>) {
+    match kill {
+        Some(kill) => kill.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Conn {
+    /// Serves the connection with hyper: plain-HTTP requests and CONNECTs after the first.
+    async fn serve_http(self: Arc<Self>, stream: TcpStream) {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let kill = self.kill.clone();
+        let conn = self;
+        let service = service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        });
+        let http = server_builder(config, config.timeouts.handshake)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(http);
+        let killed = cancelled(kill.as_ref());
+        tokio::pin!(killed);
+        tokio::select! {
+            _ = &mut http => return,
+            () = &mut killed => {}
+            () = shared.drain.cancelled() => {
+                // Shutdown: an idle keep-alive connection closes now, a request in flight finishes.
+                http.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = &mut http => return,
+                    () = &mut killed => {}
+                }
             }
         }
+        // Terminated: upstreams are already cut; let a response already produced (such as the
+        // 403 of the violation itself) reach the client, then close.
+        http.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(config.timeouts.termination_drain, http).await;
     }
-    // Terminated: upstreams are already cut; let a response already produced (such as the 403
-    // of the violation itself) reach the client, then close.
-    http.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(config.timeouts.termination_drain, http).await;
 }
 
 impl Drop for Conn {
@@ -100,23 +171,30 @@ impl Drop for Conn {
 
 impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let shared = &self.shared;
-        let mut a = Attempt::new(Listener::Http, Some(self.client));
-        a.method = Some(bounded(req.method().as_str()));
-        if shared.enforcer.is_terminated() {
-            if let Some(auth) = req.uri().authority() {
-                a.set_host(auth.host());
-                a.port = auth.port_u16();
-            }
-            return self
-                .refuse(a, Reason::RunTerminated, None, "request refused")
-                .await;
-        }
         if req.method() == Method::CONNECT {
-            self.connect(a, req).await
-        } else {
-            self.plain(a, req).await
+            return self.connect(req).await;
         }
+        match self.attempt(req.method(), req.uri()).await {
+            Ok(a) => self.plain(a, req).await,
+            Err(rsp) => rsp,
+        }
+    }
+
+    /// The attempt a request starts, or the refusal of every request once the run is
+    /// terminated.
+    async fn attempt(&self, method: &Method, uri: &Uri) -> Result<Attempt, Response<ProxyBody>> {
+        let mut a = Attempt::new(Listener::Http, Some(self.client));
+        a.method = Some(bounded(method.as_str()));
+        if !self.shared.enforcer.is_terminated() {
+            return Ok(a);
+        }
+        if let Some(auth) = uri.authority() {
+            a.set_host(auth.host());
+            a.port = auth.port_u16();
+        }
+        Err(self
+            .refuse(a, Reason::RunTerminated, None, "request refused")
+            .await)
     }
 
     /// Rules on a refusal for `reason`, records it and builds the response telling the client why.
@@ -158,17 +236,20 @@ impl Conn {
         }
     }
 
-    async fn connect(&self, mut a: Attempt, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Decides and dials a CONNECT to `uri`, or builds the reply that refuses it. Both the
+    /// first request of a connection ([`first_connect`]) and later ones (hyper) come here.
+    async fn open(&self, uri: &Uri) -> Result<Opened, Response<ProxyBody>> {
         let shared = &self.shared;
-        let Some(auth) = req.uri().authority().cloned() else {
-            return self
+        let mut a = self.attempt(&Method::CONNECT, uri).await?;
+        let Some(auth) = uri.authority().cloned() else {
+            return Err(self
                 .refuse(
                     a,
                     Reason::MalformedRequest,
                     Some("CONNECT without host:port".into()),
                     "CONNECT",
                 )
-                .await;
+                .await);
         };
         a.set_host(auth.host());
         a.port = auth.port_u16();
@@ -181,17 +262,36 @@ impl Conn {
                 } else {
                     Reason::MalformedRequest
                 };
-                return self.refuse(a, reason, Some(e.to_string()), &what).await;
+                return Err(self.refuse(a, reason, Some(e.to_string()), &what).await);
             }
         };
         let (policy, decision) = a.decide_target(shared, &target);
         if !a.proceeds() {
-            return self.refused(a, decision.reason, &what).await;
+            return Err(self.refused(a, decision.reason, &what).await);
         }
-        let upstream = match dial(shared, &policy, &target, &mut a).await {
-            Ok(u) => u,
-            Err(e) => return self.dial_failed(a, e, &what).await,
+        match dial(shared, &policy, &target, &mut a).await {
+            Ok(upstream) => Ok(Opened {
+                a,
+                policy,
+                upstream,
+                target,
+            }),
+            Err(e) => Err(self.dial_failed(a, e, &what).await),
+        }
+    }
+
+    /// A CONNECT after the first request: hyper answers it and hands the socket over.
+    async fn connect(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let Opened {
+            mut a,
+            policy,
+            upstream,
+            target,
+        } = match self.open(req.uri()).await {
+            Ok(t) => t,
+            Err(rsp) => return rsp,
         };
+        let shared = &self.shared;
         let on_upgrade = hyper::upgrade::on(req);
         let (shared2, kill, guard) = (shared.clone(), self.kill.clone(), self.guard.clone());
         shared.tasks.spawn(async move {

@@ -3,6 +3,7 @@
 //! per-connection kill handling.
 
 pub mod dns;
+pub mod first_connect;
 pub mod http;
 pub mod socks;
 pub mod transparent;

@@ -79,6 +79,16 @@ fn nullable<T>(out: &mut Vec<u8>, value: Option<T>, write: fn(&mut Vec<u8>, T)) 
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Almost every string needs no escaping: one branch-free pass (which the compiler
+    // vectorises) decides, and the string is copied whole.
+    let special = bytes.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !special {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let short: &[u8] = match b {

@@ -33,7 +33,7 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// RFC 3339 UTC timestamp with milliseconds.
 pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    crate::audit_line::rfc3339_millis(t)
 }
 
 /// One decision about one connection, request or query.

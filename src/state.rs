@@ -229,7 +229,7 @@ impl Attempt {
         match &target.host {
             Host::Name(name) => self.set_host(name.as_str()),
             // An address's text is far below the bound.
-            Host::Ip(ip) => self.host = Some(ip.to_string()),
+            Host::Ip(ip) => self.host = Some(crate::audit_line::ip_text(*ip)),
         }
         self.port = Some(target.port);
         let policy = shared.policy();

@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use support::dns::FakeDns;
 use support::upstream::{ByteUpstream, HttpUpstream, TlsUpstream, pattern};
-use support::{Warden, connect_tunnel, curl, read_response, status_of};
+use support::{Warden, connect_tunnel, curl, read_response, read_until, status_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn warden_for(port: u16, dns: &FakeDns, action: &'static str) -> Warden {
@@ -181,25 +181,6 @@ async fn http_inside_a_tunnel_is_decided_request_by_request() {
     ])
     .await;
     assert!(out.stdout.contains("GET /d"), "{out:?}");
-}
-
-/// Reads from `s` until what arrived contains `needle`; returns all of it.
-async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains(needle) {
-        let n = tokio::time::timeout(support::PATIENCE, s.read(&mut buf))
-            .await
-            .expect("bytes in time")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before {needle:?}: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// A connection that opens with a CONNECT is served without hyper (`first_connect`); these

@@ -471,6 +471,25 @@ pub async fn socks_connect(proxy: SocketAddr, host: &str, port: u16) -> (TcpStre
     (s, head[1])
 }
 
+/// Reads from `s` until what arrived contains `needle`; returns all of it.
+pub async fn read_until(s: &mut TcpStream, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("bytes in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// Reads one HTTP/1.1 response with a Content-Length body from a keep-alive connection.
 pub async fn read_response(s: &mut TcpStream) -> (String, String) {
     let mut buf = Vec::new();

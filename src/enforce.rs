@@ -11,6 +11,15 @@ use crate::config::Action;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Reason};
 
+/// Resolves when the run is terminated through `kill`, the token a connection watches; never
+/// for a connection without one (accepted after termination, only ever refused).
+pub async fn killed(kill: Option<&CancellationToken>) {
+    match kill {
+        Some(kill) => kill.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The final word on one attempt, after the action is applied.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Judgement {

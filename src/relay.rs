@@ -135,12 +135,7 @@ impl Relay<'_> {
                 self.pump(upstream, client, false, &activity),
             )
         };
-        let killed = async {
-            match self.kill {
-                Some(k) => k.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
+        let killed = crate::enforce::killed(self.kill);
         tokio::select! {
             r = both => match r {
                 Ok(_) => End::Closed,

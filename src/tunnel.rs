@@ -184,12 +184,7 @@ async fn first_flight(
                 Err(SniffError::Incomplete) => {}
             }
         }
-        let killed = async {
-            match relay.kill {
-                Some(k) => k.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
+        let killed = crate::enforce::killed(relay.kill);
         let timeout = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,

@@ -125,7 +125,7 @@ pub async fn serve_tcp(shared: Arc<Shared>, dns: Arc<DnsState>, acc: Accepted) {
                 Ok(Some(q)) => q,
                 _ => return,
             },
-            () = async { match &kill { Some(k) => k.cancelled().await, None => std::future::pending().await } } => return,
+            () = crate::enforce::killed(kill.as_ref()) => return,
         };
         let Some(rsp) = answer(&shared, &dns, &query, client, false).await else {
             return;

@@ -19,6 +19,7 @@ use super::first_connect::{self, Peeked};
 use super::{Accepted, ConnGuard, Listener};
 use crate::budget::UploadGate;
 use crate::connect::{DialError, Upstream, dial};
+use crate::enforce::killed;
 use crate::forward::{
     ProxyBody, UpstreamHttp, denial, response_bytes, server_builder, upstream_failure,
 };
@@ -72,7 +73,7 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     let mut stream = acc.stream;
     let stop = async {
         tokio::select! {
-            () = cancelled(kill.as_ref()) => {}
+            () = killed(kill.as_ref()) => {}
             () = shared.drain.cancelled() => {}
         }
     };
@@ -91,11 +92,10 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
                     shared.finish(a).await;
                     return;
                 }
-                let (policy, kill) = (t.policy, kill.clone());
                 let buffered = BytesMut::new();
                 // The guard stays with this task, which the tunnel now is.
                 tunnel::run(
-                    shared, policy, t.a, stream, buffered, t.upstream, t.target, kill,
+                    shared, t.policy, t.a, stream, buffered, t.upstream, t.target, kill,
                 )
                 .await;
                 return;
@@ -116,14 +116,6 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     Box::pin(conn.serve_http(stream)).await;
 }
 
-/// Resolves when `kill` is cancelled; never without one.
-async fn cancelled(kill: Option<&CancellationToken>) {
-    match kill {
-        Some(kill) => kill.cancelled().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Conn {
     /// Serves the connection with hyper: plain-HTTP requests and CONNECTs after the first.
     async fn serve_http(self: Arc<Self>, stream: TcpStream) {
@@ -139,7 +131,7 @@ impl Conn {
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::pin!(http);
-        let killed = cancelled(kill.as_ref());
+        let killed = killed(kill.as_ref());
         tokio::pin!(killed);
         tokio::select! {
             _ = &mut http => return,

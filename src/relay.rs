@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::UploadGate;
 use crate::enforce::Enforcer;
-use crate::splice::Pipe;
+use crate::splice::{Fill, Pipe};
 
 /// Why a relay ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -190,13 +190,13 @@ impl Relay<'_> {
                     PumpError::Io
                 })?),
             };
-            let n = match pipe.fill_from(src) {
-                Ok(0) => {
+            let (n, drained) = match pipe.fill_from(src) {
+                Ok(Fill { n: 0, .. }) => {
                     // EOF: pass the half-close on; the other direction keeps going.
                     let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
                     return Ok(());
                 }
-                Ok(n) => n,
+                Ok(Fill { n, drained }) => (n, drained),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing more to move for now: the pipe (empty) goes back while we wait.
                     if let Some(p) = slot.take() {
@@ -215,6 +215,12 @@ impl Relay<'_> {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return Err(PumpError::Io),
+                }
+            }
+            if drained {
+                // The next wait is for new bytes: the empty pipe goes back meanwhile.
+                if let Some(p) = slot.take() {
+                    p.give_back();
                 }
             }
             activity.touch();

@@ -14,7 +14,8 @@ use hickory_resolver::net::runtime::{
     RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
 };
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio::io::Interest;
+use tokio::net::{TcpStream, UdpSocket};
 
 fn raw(addr: &SocketAddr, ty: Type, protocol: Protocol, mark: Option<u32>) -> io::Result<Socket> {
     // Non-blocking from creation: saves the two fcntl calls of `set_nonblocking` per dial.
@@ -35,11 +36,26 @@ fn raw(addr: &SocketAddr, ty: Type, protocol: Protocol, mark: Option<u32>) -> io
 }
 
 /// Connects a TCP socket carrying `mark` (if any) to `addr`.
+///
+/// The outcome is read from the readiness event rather than with `getsockopt(SO_ERROR)` as
+/// tokio's `TcpSocket::connect` does, one syscall fewer per dial: a socket becomes writable
+/// without an error or hang-up only once it is connected, and a failed connect always reports
+/// `EPOLLERR` or `EPOLLHUP`, whose error is then read.
 pub async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> io::Result<TcpStream> {
     let socket = raw(&addr, Type::STREAM, Protocol::TCP, mark)?;
-    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-    let stream = socket.connect(addr).await?;
-    let _ = stream.set_nodelay(true);
+    let _ = socket.set_tcp_nodelay(true);
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    let ready = stream.ready(Interest::WRITABLE).await?;
+    if ready.is_write_closed() || ready.is_error() {
+        return Err(stream
+            .take_error()?
+            .unwrap_or_else(|| io::ErrorKind::NotConnected.into()));
+    }
     Ok(stream)
 }
 

@@ -72,21 +72,27 @@ impl Pipe {
 
     /// Moves what `src` has ready into the pipe: `Ok(0)` is EOF, `WouldBlock` means nothing
     /// was ready (readiness is cleared, so the caller awaits `readable` again).
-    pub fn fill_from(&mut self, src: &TcpStream) -> io::Result<usize> {
+    pub fn fill_from(&mut self, src: &TcpStream) -> io::Result<Fill> {
         let room = self.capacity - self.held;
-        let n = src.try_io(Interest::READABLE, || {
-            splice(
+        let slots = self.capacity / page_size();
+        let held = self.held;
+        let drained = |n: usize| proves_drained(held, room, slots, n);
+        let n = crate::readiness::read_with(src, || {
+            let n = splice(
                 src,
                 None,
                 &self.write,
                 None,
                 room,
                 SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
-            )
-            .map_err(io::Error::from)
+            )?;
+            Ok((n, drained(n)))
         })?;
         self.held += n;
-        Ok(n)
+        Ok(Fill {
+            n,
+            drained: n > 0 && drained(n),
+        })
     }
 
     /// Moves as much of the pipe's contents into `dst` as it takes now.
@@ -112,6 +118,41 @@ impl Pipe {
     }
 }
 
+/// What one [`Pipe::fill_from`] moved.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Fill {
+    /// Bytes moved into the pipe; 0 is end of stream.
+    pub n: usize,
+    /// The socket had nothing more: its readiness was cleared, so the next wait is for new
+    /// bytes (and the pipe, once emptied, can go back to the pool first).
+    pub drained: bool,
+}
+
+/// Whether a splice of `n` bytes from a TCP socket into a pipe that held `held` bytes, asked
+/// for `room` bytes, proves the socket had no more (as an `EAGAIN` would, `crate::readiness`).
+/// The kernel's TCP splice stops at the first of: the socket's queue is empty, `room` bytes
+/// moved, the pipe's slots are full, a FIN (whose closed state tokio keeps) or urgent data.
+/// Each slot takes at least one byte, so from an empty pipe fewer bytes than it has `slots`,
+/// and fewer than `room`, can only mean the first (or the last two). A pipe that already held
+/// bytes may have had few slots free, so it proves nothing.
+fn proves_drained(held: usize, room: usize, slots: usize, n: usize) -> bool {
+    held == 0 && n < room.min(slots)
+}
+
+/// The kernel's page size: a pipe has one slot per page of capacity.
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| usize::try_from(p).ok())
+            .filter(|&p| p > 0)
+            // Unknown: assume the largest page Linux uses, which gives the fewest slots.
+            .unwrap_or(64 * 1024)
+    })
+}
+
 /// Idle pipes in the pool (for tests and diagnostics).
 pub fn pooled() -> usize {
     POOL.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -128,6 +169,31 @@ mod tests {
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
         (c, s)
+    }
+
+    #[test]
+    fn only_a_short_splice_into_an_empty_pipe_proves_the_socket_drained() {
+        // (held, room, slots, n, drained)
+        let cases = [
+            (0, 1 << 20, 256, 32, true),
+            (0, 1 << 20, 256, 255, true),
+            // As many bytes as slots: the slots may have run out first.
+            (0, 1 << 20, 256, 256, false),
+            (0, 1 << 20, 256, 64 * 1024, false),
+            // All the room asked for was taken: more may be waiting.
+            (0, 100, 256, 100, false),
+            (0, 100, 256, 99, true),
+            // Bytes already in the pipe may have used up its slots.
+            (10, 1 << 20, 256, 32, false),
+        ];
+        assert!(!cases.is_empty());
+        for (held, room, slots, n, want) in cases {
+            assert_eq!(
+                proves_drained(held, room, slots, n),
+                want,
+                "held {held}, room {room}, slots {slots}, n {n}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -155,7 +221,7 @@ mod tests {
         loop {
             a_peer.readable().await.unwrap();
             match pipe.fill_from(&a_peer) {
-                Ok(0) => break,
+                Ok(Fill { n: 0, .. }) => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("{e}"),

@@ -14,16 +14,13 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +31,7 @@ use crate::enforce::Judgement;
 use crate::forward::{ProxyBody, UpstreamHttp, denial, server_builder};
 use crate::host::{Host, Target};
 use crate::policy::{Policy, Reason};
+use crate::prefixed::Prefixed;
 use crate::relay::{End, Relay, Traffic, write_all};
 use crate::sniff::{ClientHello, Flight, MAX_SNIFF, SniffError, classify};
 use crate::state::{Attempt, Shared};
@@ -196,7 +194,7 @@ async fn first_flight(
                 r.map_err(|_| SniffFail::Ended(End::Error))?;
                 buf.reserve(4096);
                 let mut chunk = [0u8; 4096];
-                match client.try_read(&mut chunk) {
+                match crate::readiness::try_read(client, &mut chunk) {
                     Ok(0) => return Err(SniffFail::Ended(End::Closed)),
                     Ok(n) => {
                         buf.extend_from_slice(&chunk[..n]);
@@ -212,7 +210,7 @@ async fn first_flight(
                 if down.is_empty() {
                     down = vec![0u8; 16 * 1024];
                 }
-                match upstream.try_read(&mut down) {
+                match crate::readiness::try_read(upstream, &mut down) {
                     // The server closed before the client said anything: pass it on.
                     Ok(0) => {
                         let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
@@ -281,7 +279,7 @@ async fn pinned_http(
         async move { Ok::<_, Infallible>(ctx.request(req).await) }
     });
     let conn = server_builder(&shared.config, shared.config.timeouts.idle)
-        .serve_connection(TokioIo::new(Prefixed { prefix, io: client }), service);
+        .serve_connection(TokioIo::new(Prefixed::new(prefix, client)), service);
     let end = match kill {
         Some(k) => tokio::select! {
             r = conn => if r.is_ok() { End::Closed } else { End::Error },
@@ -395,45 +393,6 @@ impl PinnedCtx {
         let judgement = a.deny(&self.shared, reason);
         self.shared.finish(a).await;
         (!judgement.proceeds()).then(|| denial(&self.shared, reason, what))
-    }
-}
-
-/// A client socket whose first reads are served from bytes already sniffed.
-struct Prefixed {
-    prefix: Bytes,
-    io: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -222,6 +222,20 @@ async fn a_first_connect_keeps_the_bytes_around_its_head_and_hands_the_rest_to_h
     let line = w.decision_for("denied.test", "deny").await;
     assert_eq!(line["method"], "CONNECT");
 
+    // A request pipelined behind a refused CONNECT, in the same write (so read with it), is
+    // still served: the bytes after the head go to hyper.
+    let mut s = tokio::net::TcpStream::connect(w.http).await.unwrap();
+    let both = format!(
+        "CONNECT denied.test:443 HTTP/1.1\r\n\r\n{}",
+        get(&format!("http://allowed.test:{port}/pipelined"))
+    );
+    s.write_all(both.as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    let (head, body) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert!(body.contains("GET /pipelined host=allowed.test"), "{body}");
+
     // Bytes pipelined behind the CONNECT head reach the upstream exactly: the echo server
     // returns them after the 200, and nothing else.
     let mut s = tokio::net::TcpStream::connect(w.http).await.unwrap();
@@ -267,7 +281,7 @@ async fn a_first_connect_keeps_the_bytes_around_its_head_and_hands_the_rest_to_h
     s.write_all(get("/split").as_bytes()).await.unwrap();
     let (_, body) = read_response(&mut s).await;
     assert!(body.contains("GET /split"), "{body}");
-    assert_eq!(up.seen.requests(), 4);
+    assert_eq!(up.seen.requests(), 5);
 }
 
 #[tokio::test]
@@ -485,4 +499,39 @@ async fn tunnels_opened_at_once_are_spread_over_the_worker_threads() {
         (worker_loads(&w, 3).await == [0.0; 3]).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_allowed_target_that_refuses_the_connection_is_a_502_naming_why() {
+    // A port nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dns = FakeDns::start(&[]).await;
+    let w = warden_for(closed.port(), &dns, "terminate").await;
+    let target = closed.to_string();
+
+    let (_, status) = connect_tunnel(w.http, &target).await;
+    assert!(status.starts_with("HTTP/1.1 502"), "{status}");
+    let mut s = tokio::net::TcpStream::connect(w.http).await.unwrap();
+    s.write_all(format!("GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert_eq!(status_of(&head), 502, "{head}");
+
+    // Both were allowed, so neither is a violation: the dial failure is recorded as such.
+    for method in ["CONNECT", "GET"] {
+        let line = w
+            .decision(|l| l["method"] == method && l["port"] == closed.port())
+            .await;
+        assert_eq!(line["verdict"], "allow", "{line}");
+        assert_eq!(line["error"], "connect_refused", "{line}");
+    }
+    assert_eq!(
+        support::http_get(w.admin, "/readyz").await.0,
+        200,
+        "the run goes on"
+    );
 }

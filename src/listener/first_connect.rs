@@ -1,24 +1,28 @@
-//! The first request on an explicit-proxy connection is peeked at before hyper sees it, because
+//! The first request on an explicit-proxy connection is read before hyper sees it, because
 //! a CONNECT is how every HTTPS client starts. A complete CONNECT head is taken here: parsed by
-//! httparse (the parser hyper uses), consumed exactly, and opened by the same decision and dial
-//! as hyper's path (`listener::http`), with the tunnel run in the connection's own task. That
-//! skips hyper's dispatcher, its upgrade hand-off and a second task per tunnel. Anything else
-//! (plain HTTP, a head split over several reads, a CONNECT with a body header, HTTP/1.0, too
-//! many headers, a target that is not a URI) stays unread in the socket, and hyper serves the
-//! connection as it always did.
+//! httparse (the parser hyper uses) and opened by the same decision and dial as hyper's path
+//! (`listener::http`), with the tunnel run in the connection's own task. That skips hyper's
+//! dispatcher, its upgrade hand-off and a second task per tunnel. Anything else (plain HTTP, a
+//! head split over several reads, a CONNECT with a body header, HTTP/1.0, too many headers, a
+//! target that is not a URI) is handed to hyper together with the bytes read, which hyper
+//! parses first ([`crate::prefixed`]), and hyper serves the connection as it always did.
+//! Reading rather than peeking saves a `recvfrom` per connection.
 
 use std::future::Future;
+use std::io::{self, Read};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use hyper::Uri;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// The reply that opens a tunnel: hyper's, less its `date` header.
 pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
 
-/// Bytes peeked at: a CONNECT head is a request line and a few short headers.
-const PEEK: usize = 2048;
+/// Most bytes read before deciding: a CONNECT head is a request line and a few short headers.
+pub const FIRST_READ: usize = 2048;
+/// How a CONNECT head starts.
+const CONNECT: &[u8] = b"CONNECT ";
 /// Headers a CONNECT head may carry and still be taken here; with more, hyper decides.
 const MAX_HEADERS: usize = 32;
 
@@ -35,7 +39,7 @@ pub enum First {
 /// which answers it with its usual error.
 pub fn classify(buf: &[u8], max_head: usize) -> First {
     // Plain HTTP, by far the most common other case, costs one comparison.
-    if !buf.starts_with(b"CONNECT ") {
+    if !buf.starts_with(CONNECT) {
         return First::Other;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -60,43 +64,64 @@ pub fn classify(buf: &[u8], max_head: usize) -> First {
     }
 }
 
-/// What [`peek`] found.
-pub enum Peeked {
-    /// A CONNECT head, now consumed from the socket; what follows it is still there.
-    Connect(Uri),
-    /// Something else, unread.
-    Other,
+/// What [`read`] found.
+pub enum FirstRead {
+    /// A CONNECT head for the URI; `rest` is what the client sent after it, which belongs to
+    /// the tunnel (or, if the CONNECT is refused, to hyper).
+    Connect { uri: Uri, rest: BytesMut },
+    /// Something else: these bytes, then the socket's, are hyper's to parse.
+    Other(Bytes),
     /// Nothing within `timeout`, the client closed, or `stop` fired: close the connection
     /// (what hyper does when no head arrives in time).
     Gone,
 }
 
-/// Waits up to `timeout` for the client's first bytes and classifies them.
-pub async fn peek(
-    stream: &mut TcpStream,
+/// Waits up to `timeout` for the client's first bytes, reads what has arrived (at most
+/// [`FIRST_READ`] bytes) and classifies it.
+pub async fn read(
+    stream: &TcpStream,
     timeout: Duration,
     max_head: usize,
     stop: impl Future<Output = ()>,
-) -> Peeked {
-    // On the heap and only for the peek: a buffer in this future would stay in the task's
-    // allocation for as long as the tunnel it opens (0.9 KiB per idle tunnel).
-    let mut buf = vec![0u8; PEEK];
+) -> FirstRead {
+    // On the heap: a buffer in this future would stay in the task's allocation for as long as
+    // the tunnel it opens (0.9 KiB per idle tunnel).
+    let mut buf = vec![0u8; FIRST_READ];
     let n = tokio::select! {
         // Bytes already there (the usual case) are taken before the stop and timeout
         // futures register anything.
         biased;
-        r = tokio::time::timeout(timeout, stream.peek(&mut buf)) => match r {
+        r = tokio::time::timeout(timeout, read_some(stream, &mut buf)) => match r {
             Ok(Ok(n)) if n > 0 => n,
-            _ => return Peeked::Gone,
+            _ => return FirstRead::Gone,
         },
-        () = stop => return Peeked::Gone,
+        () = stop => return FirstRead::Gone,
     };
-    match classify(&buf[..n], max_head) {
-        First::Connect { len, uri } => match stream.read_exact(&mut buf[..len]).await {
-            Ok(_) => Peeked::Connect(uri),
-            Err(_) => Peeked::Gone,
+    buf.truncate(n);
+    match classify(&buf, max_head) {
+        First::Connect { len, uri } => FirstRead::Connect {
+            uri,
+            rest: BytesMut::from(&buf[len..]),
         },
-        First::Other => Peeked::Other,
+        First::Other => FirstRead::Other(Bytes::from(buf)),
+    }
+}
+
+/// One read of whatever has arrived. A short read that is not a CONNECT leaves the socket
+/// marked not-readable ([`crate::readiness`]): hyper's next read waits for new bytes instead of
+/// failing with `EAGAIN`. A CONNECT's stays readable: the tunnel's first flight usually
+/// follows the `200` at once, and is then read without a trip through the reactor.
+async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        let r = crate::readiness::read_with(stream, || {
+            let n = (&*socket2::SockRef::from(stream)).read(buf)?;
+            Ok((n, n < buf.len() && !buf.starts_with(CONNECT)))
+        });
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::first_connect::{self, Peeked};
+use super::first_connect::{self, FirstRead};
 use super::{Accepted, ConnGuard, Listener};
 use crate::budget::UploadGate;
 use crate::connect::{DialError, Upstream, dial};
@@ -25,6 +25,7 @@ use crate::forward::{
 };
 use crate::host::Target;
 use crate::policy::{Policy, Reason};
+use crate::prefixed::Prefixed;
 use crate::relay::write_all;
 use crate::state::{Attempt, Shared, bounded};
 use crate::tunnel;
@@ -70,7 +71,7 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         guard: Arc::new(acc.guard),
         upstream: Mutex::new(None),
     });
-    let mut stream = acc.stream;
+    let stream = acc.stream;
     let stop = async {
         tokio::select! {
             () = killed(kill.as_ref()) => {}
@@ -78,10 +79,11 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         }
     };
     let head = config.max_header_bytes;
-    match first_connect::peek(&mut stream, config.timeouts.handshake, head, stop).await {
-        Peeked::Gone => return,
-        Peeked::Other => {}
-        Peeked::Connect(uri) => match conn.open(&uri).await {
+    let read = first_connect::read(&stream, config.timeouts.handshake, head, stop).await;
+    let read_ahead = match read {
+        FirstRead::Gone => return,
+        FirstRead::Other(bytes) => bytes,
+        FirstRead::Connect { uri, rest } => match conn.open(&uri).await {
             Ok(t) => {
                 if write_all(&stream, first_connect::ESTABLISHED)
                     .await
@@ -92,16 +94,15 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
                     shared.finish(a).await;
                     return;
                 }
-                let buffered = BytesMut::new();
                 // The guard stays with this task, which the tunnel now is.
                 tunnel::run(
-                    shared, t.policy, t.a, stream, buffered, t.upstream, t.target, kill,
+                    shared, t.policy, t.a, stream, rest, t.upstream, t.target, kill,
                 )
                 .await;
                 return;
             }
-            // Refused: the reply is written here and hyper serves what follows, as it would
-            // after a refusal it had written itself.
+            // Refused: the reply is written here and hyper serves what follows (read or not),
+            // as it would after a refusal it had written itself.
             Err(rsp) => {
                 if write_all(&stream, &response_bytes(&rsp, false))
                     .await
@@ -109,16 +110,17 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
                 {
                     return;
                 }
+                rest.freeze()
             }
         },
-    }
+    };
     // Boxed: a tunnel opened above never needs hyper's connection state in its task.
-    Box::pin(conn.serve_http(stream)).await;
+    Box::pin(conn.serve_http(Prefixed::new(read_ahead, stream))).await;
 }
 
 impl Conn {
     /// Serves the connection with hyper: plain-HTTP requests and CONNECTs after the first.
-    async fn serve_http(self: Arc<Self>, stream: TcpStream) {
+    async fn serve_http(self: Arc<Self>, stream: Prefixed) {
         let shared = self.shared.clone();
         let config = &shared.config;
         let kill = self.kill.clone();
@@ -288,9 +290,8 @@ impl Conn {
         let (shared2, kill, guard) = (shared.clone(), self.kill.clone(), self.guard.clone());
         shared.tasks.spawn(async move {
             let _guard = guard;
-            let (io, read_buf) = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>())
-            {
-                Ok(Ok(parts)) => (parts.io, parts.read_buf),
+            let (io, read_buf) = match on_upgrade.await.map(|u| u.downcast::<TokioIo<Prefixed>>()) {
+                Ok(Ok(parts)) => (parts.io.into_inner(), parts.read_buf),
                 _ => {
                     a.error = Some("upgrade_failed");
                     shared2.finish(a).await;
@@ -298,20 +299,12 @@ impl Conn {
                 }
             };
             // Copy what the client pipelined and free hyper's read buffer now: the tunnel may
-            // stay open for hours.
-            let buffered = BytesMut::from(&read_buf[..]);
-            drop(read_buf);
-            tunnel::run(
-                shared2,
-                policy,
-                a,
-                io.into_inner(),
-                buffered,
-                upstream,
-                target,
-                kill,
-            )
-            .await;
+            // stay open for hours. Bytes hyper had not yet taken from the first read follow it.
+            let mut buffered = BytesMut::with_capacity(read_buf.len() + io.prefix.len());
+            buffered.extend_from_slice(&read_buf);
+            buffered.extend_from_slice(&io.prefix);
+            drop((read_buf, io.prefix));
+            tunnel::run(shared2, policy, a, io.io, buffered, upstream, target, kill).await;
         });
         Response::new(ProxyBody::empty())
     }

@@ -100,7 +100,7 @@ async fn first_flight(
             Ok(Ok(())) => {}
         }
         let mut chunk = [0u8; 4096];
-        match stream.try_read(&mut chunk) {
+        match crate::readiness::try_read(stream, &mut chunk) {
             Ok(0) => return (None, Named::Unnamed("closed before naming a host")),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

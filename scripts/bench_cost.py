@@ -11,8 +11,14 @@ instructions: user-space instructions per unit, counted by callgrind (valgrind) 
 workload runs against the warden at 8 concurrent loops. Counts, unlike times, hardly move
 between runs on a noisy machine, so they compare two builds of the warden.
 
+syscalls: system calls per unit, counted by `strace -c` attached to the warden while the
+workload runs (slowed, but the counts per unit do not depend on speed). The audit thread's
+sleeps and writes, futex wake-ups and timer reads are left out of the total: they follow
+time, not units of work.
+
 Usage: bench_cost.py cost WARDEN BENCH
        bench_cost.py instructions BENCH WARDEN [WARDEN...]
+       bench_cost.py syscalls BENCH WARDEN [WARDEN...]
 """
 
 import os
@@ -171,10 +177,46 @@ def instructions(bench, wardens):
         print(f"| {warden} | " + " | ".join(cells) + " |")
 
 
+# Calls that follow time rather than work: the audit thread's group-commit sleep and write,
+# and futex wake-ups between threads.
+TIMED = {"clock_nanosleep", "futex", "write", "madvise"}
+
+
+def syscalls(bench, wardens):
+    print("| build | workload | syscalls / unit | most frequent (per unit) |")
+    print("|---|---|---|---|")
+    for warden in wardens:
+        for name in WORKLOADS:
+            rig = Rig(bench, warden)
+            out = os.path.join(rig.dir.name, "strace.txt")
+            st = subprocess.Popen(["strace", "-c", "-f", "-p", str(rig.warden.pid), "-o", out],
+                                  stderr=subprocess.PIPE, text=True)
+            # strace says so on stderr once it is attached to the process.
+            for line in st.stderr:
+                if "attached" in line:
+                    break
+            n = rig.run(name, 3, 0, 32)
+            st.send_signal(signal.SIGINT)
+            st.communicate()
+            counts = {}
+            with open(out) as fh:
+                for line in fh:
+                    f = line.split()
+                    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+                        counts[f[-1]] = int(f[3])
+            rig.close()
+            work = {k: v / n for k, v in counts.items() if k not in TIMED}
+            top = sorted(work.items(), key=lambda kv: -kv[1])[:8]
+            listed = ", ".join(f"{k} {v:.2f}" for k, v in top)
+            print(f"| {os.path.basename(warden)} | {name} | {sum(work.values()):.1f} | {listed} |")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "cost":
         cost(sys.argv[2], sys.argv[3])
     elif len(sys.argv) >= 4 and sys.argv[1] == "instructions":
         instructions(sys.argv[2], sys.argv[3:])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "syscalls":
+        syscalls(sys.argv[2], sys.argv[3:])
     else:
         sys.exit(__doc__)

@@ -69,13 +69,10 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     #[tokio::test]
     async fn the_prefix_is_read_first_then_the_socket_and_writes_go_to_the_socket() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
+        let (mut peer, s) = crate::readiness::pair().await;
         let mut p = Prefixed::new(Bytes::from_static(b"0123456789"), s);
         peer.write_all(b"abc").await.unwrap();
         peer.shutdown().await.unwrap();

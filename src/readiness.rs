@@ -43,19 +43,20 @@ pub fn try_read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
+/// Two ends of a loopback TCP connection, for unit tests of socket code.
+#[cfg(test)]
+pub(crate) async fn pair() -> (TcpStream, TcpStream) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    (c, s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
 
     /// Whether `stream` is still marked readable (without reading).
     async fn marked_readable(stream: &TcpStream) -> bool {

@@ -161,15 +161,8 @@ pub fn pooled() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::readiness::pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
 
     #[test]
     fn only_a_short_splice_into_an_empty_pipe_proves_the_socket_drained() {

@@ -535,3 +535,52 @@ async fn an_allowed_target_that_refuses_the_connection_is_a_502_naming_why() {
         "the run goes on"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_speaks_first_is_heard_before_the_client_says_anything() {
+    // An SSH-like server: a banner on accept, a second line when asked for it over the channel
+    // (after the client has read the first, so it arrives as a separate read), then an echo.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let (more_tx, more_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"SSH-2.0-server\r\n").await.unwrap();
+        more_rx.await.unwrap();
+        s.write_all(b"second line\r\n").await.unwrap();
+        let (mut r, mut w) = s.split();
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let dns = FakeDns::start(&[]).await;
+    let w = warden_for(server.port(), &dns, "terminate").await;
+
+    let (mut t, status) = connect_tunnel(w.http, &server.to_string()).await;
+    assert!(status.contains(" 200"), "{status}");
+    // Nothing sent yet: the banner still comes down, and so does a later server line.
+    assert_eq!(read_until(&mut t, "\r\n").await, "SSH-2.0-server\r\n");
+    more_tx.send(()).unwrap();
+    assert_eq!(read_until(&mut t, "\r\n").await, "second line\r\n");
+    // The client's first flight (not TLS, not HTTP) is relayed, and then everything after it.
+    t.write_all(b"SSH-2.0-client\r\n").await.unwrap();
+    assert_eq!(read_until(&mut t, "\r\n").await, "SSH-2.0-client\r\n");
+    t.write_all(b"payload\n").await.unwrap();
+    t.shutdown().await.unwrap();
+    let mut rest = String::new();
+    t.read_to_string(&mut rest).await.unwrap();
+    assert_eq!(rest, "payload\n");
+
+    let line = w
+        .decision(|l| {
+            l["method"] == "CONNECT" && l["port"] == server.port() && l["bytes_down"].is_u64()
+        })
+        .await;
+    assert_eq!(line["verdict"], "allow", "{line}");
+    let down = "SSH-2.0-server\r\nsecond line\r\nSSH-2.0-client\r\npayload\n".len();
+    assert_eq!(line["bytes_down"], down, "{line}");
+    assert_eq!(
+        line["bytes_up"],
+        "SSH-2.0-client\r\npayload\n".len(),
+        "{line}"
+    );
+}

@@ -40,7 +40,7 @@ fn raw(addr: &SocketAddr, ty: Type, protocol: Protocol, mark: Option<u32>) -> io
 /// The outcome is read from the readiness event rather than with `getsockopt(SO_ERROR)` as
 /// tokio's `TcpSocket::connect` does, one syscall fewer per dial: a socket becomes writable
 /// without an error or hang-up only once it is connected, and a failed connect always reports
-/// `EPOLLERR` or `EPOLLHUP`, whose error is then read.
+/// `EPOLLHUP` (with `EPOLLERR`), which tokio reports as write-closed; the error is then read.
 pub async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> io::Result<TcpStream> {
     let socket = raw(&addr, Type::STREAM, Protocol::TCP, mark)?;
     let _ = socket.set_tcp_nodelay(true);
@@ -51,7 +51,8 @@ pub async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> io::Result<TcpS
     }
     let stream = TcpStream::from_std(socket.into())?;
     let ready = stream.ready(Interest::WRITABLE).await?;
-    if ready.is_write_closed() || ready.is_error() {
+    // `ready` holds only writable and write-closed: an error bit would need Interest::ERROR.
+    if ready.is_write_closed() {
         return Err(stream
             .take_error()?
             .unwrap_or_else(|| io::ErrorKind::NotConnected.into()));

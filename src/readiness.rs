@@ -12,12 +12,13 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Runs `op`, one non-blocking read from `stream` that returns the bytes it moved and whether
-/// they emptied the socket; if they did, the stream's read readiness is cleared. `Ok(0)` is end
-/// of stream and `WouldBlock` means nothing was ready, as for [`TcpStream::try_read`].
+/// they emptied the socket; if they did (and were not end of stream), the stream's read
+/// readiness is cleared. Returns the bytes moved and whether readiness was cleared. `Ok(0)` is
+/// end of stream and `WouldBlock` means nothing was ready, as for [`TcpStream::try_read`].
 pub fn read_with(
     stream: &TcpStream,
     op: impl FnOnce() -> io::Result<(usize, bool)>,
-) -> io::Result<usize> {
+) -> io::Result<(usize, bool)> {
     let mut short = None;
     // Returning WouldBlock from the closure is how tokio is told to clear readiness: it does so
     // only if no new readiness event was recorded since this call observed it.
@@ -30,17 +31,18 @@ pub fn read_with(
         Ok(n)
     });
     match short {
-        Some(n) => Ok(n),
-        None => r,
+        Some(n) => Ok((n, true)),
+        None => r.map(|n| (n, false)),
     }
 }
 
 /// [`TcpStream::try_read`], less the `EAGAIN` read after a short one.
 pub fn try_read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    read_with(stream, || {
+    let (n, _) = read_with(stream, || {
         let n = (&*socket2::SockRef::from(stream)).read(buf)?;
         Ok((n, n < buf.len()))
-    })
+    })?;
+    Ok(n)
 }
 
 /// Two ends of a loopback TCP connection, for unit tests of socket code.

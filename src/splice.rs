@@ -76,8 +76,7 @@ impl Pipe {
         let room = self.capacity - self.held;
         let slots = self.capacity / page_size();
         let held = self.held;
-        let drained = |n: usize| proves_drained(held, room, slots, n);
-        let n = crate::readiness::read_with(src, || {
+        let (n, drained) = crate::readiness::read_with(src, || {
             let n = splice(
                 src,
                 None,
@@ -86,13 +85,10 @@ impl Pipe {
                 room,
                 SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
             )?;
-            Ok((n, drained(n)))
+            Ok((n, proves_drained(held, room, slots, n)))
         })?;
         self.held += n;
-        Ok(Fill {
-            n,
-            drained: n > 0 && drained(n),
-        })
+        Ok(Fill { n, drained })
     }
 
     /// Moves as much of the pipe's contents into `dst` as it takes now.

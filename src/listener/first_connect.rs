@@ -120,7 +120,7 @@ async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         });
         match r {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return r,
+            r => return r.map(|(n, _)| n),
         }
     }
 }

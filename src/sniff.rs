@@ -194,8 +194,12 @@ fn parse_server_name(data: &[u8]) -> Result<Option<String>, SniffError> {
     Ok(name)
 }
 
-/// The host a plain-HTTP request head names: the absolute-form authority if there is one,
-/// else the Host header; `Ok(None)` when the complete head names none.
+/// The host a plain-HTTP request head names: the absolute-form authority if the target is in
+/// absolute form, else the Host header; `Ok(None)` when the complete head names none.
+///
+/// Only a target that does not start with `/` (and is not `*`) carries an authority
+/// (RFC 9112 section 3.2): `GET /login?next=https://evil.example/ HTTP/1.1` names its Host,
+/// never the URL inside its query.
 pub fn http_host(buf: &[u8]) -> Result<Option<String>, SniffError> {
     let mut headers = [httparse::EMPTY_HEADER; 100];
     let mut req = httparse::Request::new(&mut headers);
@@ -203,13 +207,9 @@ pub fn http_host(buf: &[u8]) -> Result<Option<String>, SniffError> {
         Ok(httparse::Status::Partial) => Err(SniffError::Incomplete),
         Err(_) => Err(SniffError::Malformed("unparseable HTTP request head")),
         Ok(httparse::Status::Complete(_)) => {
-            if let Some(rest) = req
-                .path
-                .and_then(|p| p.split_once("://"))
-                .map(|(_, rest)| rest)
-            {
-                let authority = rest.split(['/', '?']).next().unwrap_or_default();
-                return Ok(Some(authority.to_owned()));
+            let target = req.path.unwrap_or_default();
+            if !target.starts_with('/') && target != "*" {
+                return absolute_form_authority(target).map(|a| Some(a.to_owned()));
             }
             let mut hosts = req
                 .headers
@@ -224,6 +224,30 @@ pub fn http_host(buf: &[u8]) -> Result<Option<String>, SniffError> {
             }
         }
     }
+}
+
+/// The authority of an absolute-form request target (`scheme://authority[/path][?query]`).
+/// Anything else that does not start with `/` (authority-form, a bare word, user info) is
+/// malformed: no host is guessed from it.
+pub fn absolute_form_authority(target: &str) -> Result<&str, SniffError> {
+    let malformed =
+        SniffError::Malformed("request target is neither origin-form nor absolute-form");
+    let (scheme, rest) = target.split_once("://").ok_or(malformed)?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(malformed);
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(SniffError::Malformed("absolute-form target without a host"));
+    }
+    if authority.contains('@') {
+        return Err(SniffError::Malformed("user info in the request target"));
+    }
+    Ok(authority)
 }
 
 /// Builds a minimal ClientHello (for tests and fuzzing seeds).
@@ -387,6 +411,37 @@ mod tests {
                 Ok(Some("a.example")),
             ),
             (b"GET / HTTP/1.0\r\n\r\n", Ok(None)),
+            // A URL inside an origin-form target is data, not the request's host.
+            (
+                b"GET /login?next=https://evil.example/x HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+                Ok(Some("allowed.test")),
+            ),
+            (
+                b"GET /redirect/http://evil.example HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+                Ok(Some("allowed.test")),
+            ),
+            (
+                b"OPTIONS * HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+                Ok(Some("allowed.test")),
+            ),
+            (
+                b"GET HTTP://A.example:8080?q=http://b.example HTTP/1.1\r\nHost: a.example\r\n\r\n",
+                Ok(Some("A.example:8080")),
+            ),
+            (
+                b"CONNECT evil.example:443 HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+                Err(SniffError::Malformed(
+                    "request target is neither origin-form nor absolute-form",
+                )),
+            ),
+            (
+                b"GET http://allowed.test@evil.example/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+                Err(SniffError::Malformed("user info in the request target")),
+            ),
+            (
+                b"GET http:///x HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+                Err(SniffError::Malformed("absolute-form target without a host")),
+            ),
             (
                 b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
                 Err(SniffError::Malformed("several Host headers")),

@@ -478,6 +478,25 @@ async fn allowed_names_work_through_capture_with_curl_git_and_pip() {
         .decision(|l| l["listener"] == "transparent" && l["verdict"] == "allow")
         .await;
     assert_eq!(line["host"], "allowed.test");
+    // A URL inside an origin-form target is data: the request is named by its Host.
+    let out = sh(
+        &scene.world.host,
+        None,
+        "curl -sS -4 'http://allowed.test/login?next=https://evil.test/x'",
+    )
+    .await;
+    assert!(
+        out.stdout
+            .starts_with("plain GET /login?next=https://evil.test/x host=allowed.test"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(scene.plain.seen.requests(), 2);
+    assert!(
+        !w.audit_lines().iter().any(|l| l["host"] == "evil.test"),
+        "no record names a host that was never contacted"
+    );
     assert!(
         w.audit_lines().iter().any(|l| l["listener"] == "dns"
             && l["host"] == "allowed.test"

@@ -419,3 +419,132 @@ async fn an_upstream_connection_serves_the_next_client_only_while_the_policy_all
     let denied = w.decision_for("allowed.test", "deny").await;
     assert_eq!(denied["reason"], "special_address", "{denied}");
 }
+
+#[tokio::test]
+async fn every_request_the_parser_rejects_leaves_one_record_and_counts_when_asked() {
+    let up = HttpUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let w = Warden::builder()
+        .allow("allowed.test:*")
+        .upstream(up.addr)
+        .dns(dns.addr)
+        .action("deny")
+        .arg("--malformed-is-violation")
+        .spawn()
+        .await;
+    let port = up.addr.port();
+    let big = "a".repeat(100 * 1024);
+    // (what, bytes, the status hyper answers with; 0 = closed without a response)
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "NUL in a header",
+            b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nX: a\0b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "invalid UTF-8 in the target",
+            b"GET http://allowed.test/\xff\xfe HTTP/1.1\r\nHost: allowed.test\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "obs-fold",
+            b"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nX: a\r\n b\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            "junk method",
+            b"G@T http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("HTTP/0.9", b"GET /\r\n\r\n".to_vec(), 400),
+        (
+            "head too large",
+            format!(
+                "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\nX-Big: {big}\r\n\r\n"
+            )
+            .into_bytes(),
+            431,
+        ),
+    ];
+    for (what, bytes, want) in &cases {
+        let mut s = TcpStream::connect(w.http).await.unwrap();
+        // A client that sends more than the warden reads may see a reset: fine.
+        let _ = s.write_all(bytes).await;
+        let head = support::read_head(&mut s).await;
+        assert!(
+            status_of_or_zero(&head) == *want || head.is_empty(),
+            "{what}: {head:?}"
+        );
+    }
+    // An HTTP/2 prior-knowledge client is told in its own protocol: SETTINGS, then GOAWAY
+    // with HTTP_1_1_REQUIRED.
+    let mut s = TcpStream::connect(w.http).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
+        .await
+        .unwrap();
+    assert_eq!(
+        &got[..9],
+        b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        "SETTINGS"
+    );
+    assert_eq!(got[12], 7, "GOAWAY frame type: {got:?}");
+    assert_eq!(&got[got.len() - 4..], &[0, 0, 0, 0x0d], "HTTP_1_1_REQUIRED");
+    // A CONNECT that claims a body is refused, not tunnelled.
+    let head = raw_request(
+        w.http,
+        &format!(
+            "CONNECT allowed.test:{port} HTTP/1.1\r\nHost: allowed.test:{port}\r\nContent-Length: 5\r\n\r\nhello"
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&head), 400, "{head}");
+    assert_eq!(up.seen.connections(), 0, "nothing reached the upstream");
+    let want = cases.len() + 2;
+    let rejected = support::eventually("one record per rejected request", async || {
+        let lines: Vec<_> = w
+            .audit_lines()
+            .into_iter()
+            .filter(|l| l["event"] == "decision")
+            .collect();
+        (lines.len() >= want).then_some(lines)
+    })
+    .await;
+    assert_eq!(rejected.len(), want, "{rejected:#?}");
+    for l in &rejected {
+        assert!(
+            l["reason"] == "malformed_request" || l["reason"] == "unsupported_request",
+            "{l}"
+        );
+        assert_eq!(l["verdict"], "deny", "{l}");
+        assert_eq!(l["violation"], true, "--malformed-is-violation: {l}");
+        assert!(l["detail"].as_str().is_some_and(|d| !d.is_empty()), "{l}");
+    }
+    assert!(
+        rejected
+            .iter()
+            .any(|l| l["detail"].as_str().unwrap().contains("HTTP/2")),
+        "{rejected:#?}"
+    );
+    assert!(
+        rejected
+            .iter()
+            .any(|l| l["method"] == "CONNECT" && l["detail"].as_str().unwrap().contains("no body")),
+        "{rejected:#?}"
+    );
+    let metrics = w.metrics().await;
+    let violations = support::sample(
+        &metrics,
+        "egress_warden_violations_total",
+        &[("reason", "malformed_request")],
+    );
+    assert_eq!(violations, Some((cases.len() + 1) as f64), "{metrics}");
+}
+
+fn status_of_or_zero(head: &str) -> u16 {
+    if head.is_empty() { 0 } else { status_of(head) }
+}

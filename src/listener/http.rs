@@ -41,6 +41,37 @@ pub async fn refuse(mut stream: TcpStream) {
         .await;
 }
 
+/// The connection preface of HTTP/2 with prior knowledge (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/2 server preface that refuses at once: an empty SETTINGS frame, then GOAWAY with
+/// last stream 0 and `HTTP_1_1_REQUIRED` (0xd), so an h2 client reports why instead of a reset.
+const H2_GOAWAY: &[u8] = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\
+    \x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0d";
+
+/// An HTTP/2 prior-knowledge client: refused in its own protocol, and recorded.
+async fn refuse_h2_preface(shared: &Shared, client: std::net::SocketAddr, stream: &TcpStream) {
+    let mut a = Attempt::new(Listener::Http, Some(client));
+    a.set_detail("HTTP/2 with prior knowledge; the proxy speaks HTTP/1.1");
+    a.deny(shared, Reason::UnsupportedRequest);
+    shared.finish(a).await;
+    let _ = write_all(stream, H2_GOAWAY).await;
+}
+
+/// A request hyper refused before the service saw it (a 400 for a malformed head, a 431 for
+/// one too large, a silent close for an h2 preface split over reads): one record saying why.
+async fn record_rejected(shared: &Shared, client: std::net::SocketAddr, err: &hyper::Error) {
+    let mut a = Attempt::new(Listener::Http, Some(client));
+    a.set_detail(format!("rejected by the HTTP parser: {err}"));
+    let reason = if err.is_parse_version_h2() {
+        Reason::UnsupportedRequest
+    } else {
+        Reason::MalformedRequest
+    };
+    a.deny(shared, reason);
+    shared.finish(a).await;
+}
+
 struct Conn {
     shared: Arc<Shared>,
     client: std::net::SocketAddr,
@@ -82,6 +113,10 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     let read = first_connect::read(&stream, config.timeouts.handshake, head, stop).await;
     let read_ahead = match read {
         FirstRead::Gone => return,
+        FirstRead::Other(bytes) if bytes.starts_with(H2_PREFACE) => {
+            refuse_h2_preface(&shared, acc.client, &stream).await;
+            return;
+        }
         FirstRead::Other(bytes) => bytes,
         FirstRead::Connect { uri, rest } => match conn.open(&uri).await {
             Ok(t) => {
@@ -124,6 +159,7 @@ impl Conn {
         let shared = self.shared.clone();
         let config = &shared.config;
         let kill = self.kill.clone();
+        let self_client = self.client;
         let conn = self;
         let service = service_fn(move |req| {
             let conn = conn.clone();
@@ -135,14 +171,25 @@ impl Conn {
         tokio::pin!(http);
         let killed = killed(kill.as_ref());
         tokio::pin!(killed);
+        let client = self_client;
+        let ended = |r: Result<(), hyper::Error>| {
+            let shared = &shared;
+            async move {
+                if let Err(e) = r
+                    && e.is_parse()
+                {
+                    record_rejected(shared, client, &e).await;
+                }
+            }
+        };
         tokio::select! {
-            _ = &mut http => return,
+            r = &mut http => return ended(r).await,
             () = &mut killed => {}
             () = shared.drain.cancelled() => {
                 // Shutdown: an idle keep-alive connection closes now, a request in flight finishes.
                 http.as_mut().graceful_shutdown();
                 tokio::select! {
-                    _ = &mut http => return,
+                    r = &mut http => return ended(r).await,
                     () = &mut killed => {}
                 }
             }
@@ -166,6 +213,26 @@ impl Drop for Conn {
 impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
+            // A CONNECT has no body (RFC 9110 section 9.3.6): one that claims one would have
+            // its body, and anything pipelined after it, taken for tunnel bytes or dropped.
+            let claims_body = [header::CONTENT_LENGTH, header::TRANSFER_ENCODING]
+                .iter()
+                .any(|h| req.headers().contains_key(h));
+            if claims_body {
+                let mut a = match self.attempt(req.method(), req.uri()).await {
+                    Ok(a) => a,
+                    Err(rsp) => return rsp,
+                };
+                if let Some(auth) = req.uri().authority() {
+                    a.set_host(auth.host());
+                    a.port = auth.port_u16();
+                }
+                let detail =
+                    "CONNECT with Content-Length or Transfer-Encoding: a CONNECT has no body";
+                return self
+                    .refuse(a, Reason::MalformedRequest, Some(detail.into()), "CONNECT")
+                    .await;
+            }
             return self.connect(req).await;
         }
         match self.attempt(req.method(), req.uri()).await {

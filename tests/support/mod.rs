@@ -407,19 +407,23 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
     read_head(&mut s).await
 }
 
-/// Reads until the end of an HTTP response head (and whatever arrived with it).
+/// Reads until the end of an HTTP response head (and whatever arrived with it); a reset or
+/// early close ends it with what arrived before.
 pub async fn read_head(s: &mut TcpStream) -> String {
+    read_head_lossy(s).await
+}
+
+async fn read_head_lossy(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while !out.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+        let read = tokio::time::timeout(PATIENCE, s.read(&mut buf))
             .await
-            .expect("response in time")
-            .unwrap();
-        if n == 0 {
-            break;
+            .expect("response in time");
+        match read {
+            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
         }
-        out.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&out).into_owned()
 }

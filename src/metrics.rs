@@ -90,6 +90,7 @@ pub struct Metrics {
     policy_rules: Gauge,
     enforcement: Gauge,
     dropped: Family<ClassLabels, Counter>,
+    dns_rate_limited: Counter,
 }
 
 impl Metrics {
@@ -112,6 +113,7 @@ impl Metrics {
             policy_rules: Gauge::default(),
             enforcement: Gauge::default(),
             dropped: Family::default(),
+            dns_rate_limited: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -151,6 +153,11 @@ impl Metrics {
             "dns_lookups",
             "DNS lookups made by the warden, by outcome",
             m.lookups.clone(),
+        );
+        registry.register(
+            "dns_rate_limited_queries",
+            "DNS listener queries refused by the rate limit (summarised in the audit log)",
+            m.dns_rate_limited.clone(),
         );
         registry.register(
             "violations",
@@ -276,6 +283,10 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    pub fn dns_rate_limited(&self) {
+        self.dns_rate_limited.inc();
     }
 
     pub fn violation(&self, reason: Reason) {

@@ -85,6 +85,16 @@ except OSError as e:
     print("no reply:", e)
 "#;
 
+/// Sends `n` datagrams of junk (no valid DNS message among them) to `server`:53.
+const DNS_JUNK: &str = r#"
+import socket, sys
+server, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(n):
+    s.sendto(i.to_bytes(2, "big") + b"\xff" * 30, (server, 53))
+print("sent")
+"#;
+
 const DNS_QUERY: &str = r#"
 import socket, struct, sys
 name, server = sys.argv[1], sys.argv[2]
@@ -156,6 +166,7 @@ impl Scene {
             ("udp_send.py", UDP_SEND),
             ("ping.py", PING),
             ("dns_query.py", DNS_QUERY),
+            ("dns_junk.py", DNS_JUNK),
         ] {
             std::fs::write(dir.path().join(name), body).unwrap();
         }
@@ -200,8 +211,16 @@ impl Scene {
 
     /// A warden sharing the sandbox's namespace, with capture installed at start-up.
     async fn warden(&self, action: &'static str) -> Warden {
-        Warden::builder()
-            .netns(&self.world.host)
+        self.warden_with(action, &[]).await
+    }
+
+    /// [`Scene::warden`] with more arguments.
+    async fn warden_with(&self, action: &'static str, args: &[&str]) -> Warden {
+        let mut b = Warden::builder();
+        for arg in args {
+            b = b.arg(*arg);
+        }
+        b.netns(&self.world.host)
             .allow("allowed.test")
             .dns(World::addr(RESOLVER, 53))
             .action(action)
@@ -783,4 +802,62 @@ async fn an_isolated_violation_kills_the_sandbox_and_exits_77() {
     let end = w.audit_lines().pop().unwrap();
     assert_eq!(end["termination_reason"], "special_address");
     assert_eq!(scene.private.seen.connections(), 0);
+}
+
+#[tokio::test]
+async fn a_dns_flood_costs_a_line_per_interval_not_one_per_datagram() {
+    let scene = Scene::new().await;
+    let w = scene.warden_with("deny", &["--dns-rate", "10"]).await;
+    let junk = scene.path("dns_junk.py");
+    let sent = 3000;
+    let out = sh(
+        &scene.world.host,
+        None,
+        &format!("python3 {junk} {RESOLVER} {sent}"),
+    )
+    .await;
+    assert_eq!(out.stdout, "sent\n", "{}", out.stderr);
+    // Every rate-limited query is counted once: in a decision line of its own (the first of
+    // each interval) or in a summary line.
+    let limited = support::eventually("the flood summarised", async || {
+        let metrics = w.metrics().await;
+        let limited = support::sample(
+            &metrics,
+            "egress_warden_dns_rate_limited_queries_total",
+            &[],
+        )?;
+        let lines = w.audit_lines();
+        let single = lines
+            .iter()
+            .filter(|l| l["event"] == "decision" && l["reason"] == "dns_rate_limited")
+            .count() as f64;
+        let summarised: f64 = lines
+            .iter()
+            .filter(|l| l["event"] == "dns_rate_limited")
+            .map(|l| l["queries"].as_f64().unwrap())
+            .sum();
+        (limited > 0.0 && single + summarised == limited).then_some(limited)
+    })
+    .await;
+    let lines = w.audit_lines();
+    let dns_lines = lines.iter().filter(|l| l["listener"] == "dns").count();
+    // A burst of 20 (twice the rate) is recorded one by one; the rest costs a few lines a second.
+    assert!(
+        dns_lines < 60,
+        "{dns_lines} DNS lines for {limited} rate-limited of {sent} datagrams"
+    );
+    // Datagrams past the socket buffer are dropped by the kernel; hundreds still arrive.
+    assert!(
+        limited >= 200.0,
+        "only {limited} of {sent} were rate limited"
+    );
+    let summary = lines
+        .iter()
+        .find(|l| l["event"] == "dns_rate_limited")
+        .expect("a summary line");
+    assert_eq!(summary["reason"], "dns_rate_limited");
+    assert_eq!(summary["verdict"], "deny");
+    assert!(summary["since"].is_string() && summary["bytes_up"].as_u64().unwrap() > 0);
+    // The run goes on.
+    assert_eq!(w.admin_get("/readyz").await.0, 200);
 }

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,10 +54,25 @@ impl RateLimit {
     }
 }
 
+/// How often rate-limited queries are summarised in one audit line.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rate-limited queries not yet written: the first of each interval gets a decision line of
+/// its own, the rest are counted here and written as one `dns_rate_limited` line.
+#[derive(Default)]
+struct Suppressed {
+    /// Whether this interval's first rate-limited query was recorded already.
+    recorded_first: bool,
+    queries: u64,
+    bytes: u64,
+    since: Option<SystemTime>,
+}
+
 /// Shared by every DNS transport.
 pub struct DnsState {
     pub limit: RateLimit,
     in_flight: Arc<Semaphore>,
+    suppressed: Mutex<Suppressed>,
 }
 
 impl DnsState {
@@ -65,7 +80,43 @@ impl DnsState {
         Arc::new(Self {
             limit: RateLimit::new(rate),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            suppressed: Mutex::default(),
         })
+    }
+
+    /// Counts one rate-limited query; true when it is the interval's first, to be recorded
+    /// in full.
+    fn suppress(&self, bytes: usize) -> bool {
+        let mut s = self.suppressed.lock().expect("suppressed lock");
+        if !s.recorded_first {
+            s.recorded_first = true;
+            return true;
+        }
+        s.queries += 1;
+        s.bytes += bytes as u64;
+        s.since.get_or_insert_with(SystemTime::now);
+        false
+    }
+
+    /// Writes the interval's summary line, if any query was counted, and starts a new interval.
+    pub async fn flush(&self, shared: &Shared) {
+        let taken = std::mem::take(&mut *self.suppressed.lock().expect("suppressed lock"));
+        let Some(since) = taken.since else {
+            return;
+        };
+        let line = serde_json::json!({
+            "schema": crate::audit::SCHEMA,
+            "event": "dns_rate_limited",
+            "ts": crate::audit::timestamp(SystemTime::now()),
+            "run_id": shared.config.run_id,
+            "listener": Listener::Dns.as_str(),
+            "since": crate::audit::timestamp(since),
+            "queries": taken.queries,
+            "bytes_up": taken.bytes,
+            "verdict": "deny",
+            "reason": Reason::DnsRateLimited.as_str(),
+        });
+        shared.audit.write(&line).await;
     }
 }
 
@@ -78,13 +129,22 @@ pub async fn serve_udp(
 ) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (n, client) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok(pair) => pair,
                 Err(_) => continue,
             },
-            () = stop.cancelled() => return,
+            _ = summary.tick() => {
+                dns.flush(&shared).await;
+                continue;
+            }
+            () = stop.cancelled() => {
+                dns.flush(&shared).await;
+                return;
+            }
         };
         let Ok(permit) = dns.in_flight.clone().try_acquire_owned() else {
             continue;
@@ -154,30 +214,60 @@ async fn answer(
 ) -> Option<Vec<u8>> {
     let mut a = Attempt::new(Listener::Dns, Some(client));
     a.bytes_up = query.len() as u64;
-    let msg = match Message::from_vec(query) {
+    let parsed = Message::from_vec(query);
+    let name = parsed
+        .as_ref()
+        .ok()
+        .and_then(|m| m.queries.first())
+        .map(|q| {
+            q.name()
+                .to_ascii()
+                .trim_end_matches('.')
+                .to_ascii_lowercase()
+        });
+    // Capture's own probes are answered before the rate limit, so a flood cannot fail them.
+    if let (Ok(msg), Some(name)) = (&parsed, &name)
+        && shared.probes.arrived_dns(name)
+    {
+        return dns::refusal(msg, ResponseCode::NXDomain);
+    }
+    // The rate limit comes before anything is recorded: a flood (junk or not) costs one
+    // decision line and one summary line per interval, never a line per datagram.
+    let limited = !dns_state.limit.take();
+    if limited {
+        shared.metrics.dns_rate_limited();
+        if !dns_state.suppress(query.len()) {
+            return match &parsed {
+                Ok(msg) => dns::refusal(msg, ResponseCode::Refused),
+                Err(_) => refusal_for_id(query, ResponseCode::Refused),
+            };
+        }
+    }
+    let msg = match parsed {
         Ok(m) => m,
+        Err(e) if limited => {
+            a.set_detail(format!("rate limited; unparseable query: {e}"));
+            deny(shared, &mut a, Reason::DnsRateLimited);
+            shared.finish(a).await;
+            return refusal_for_id(query, ResponseCode::Refused);
+        }
         Err(e) => {
             a.set_detail(format!("unparseable query: {e}"));
             deny(shared, &mut a, Reason::MalformedRequest);
             shared.finish(a).await;
-            let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
-            return dns::error_for_id(id, ResponseCode::FormErr);
+            return refusal_for_id(query, ResponseCode::FormErr);
         }
     };
-    if let Some(q) = msg.queries.first() {
-        let name = q
-            .name()
-            .to_ascii()
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        if shared.probes.arrived_dns(&name) {
-            return dns::refusal(&msg, ResponseCode::NXDomain);
-        }
-        a.set_host(&name);
+    if let (Some(q), Some(name)) = (msg.queries.first(), &name) {
+        a.set_host(name);
         a.set_detail(format!("type={}", q.query_type()));
     }
     let config = &shared.config.dns;
-    if !dns_state.limit.take() {
+    if limited {
+        let prefix = a.detail.take().unwrap_or_default();
+        a.set_detail(format!(
+            "{prefix} rate limited; more in this interval are counted in a dns_rate_limited line"
+        ).trim());
         deny(shared, &mut a, Reason::DnsRateLimited);
         shared.finish(a).await;
         return dns::refusal(&msg, ResponseCode::Refused);
@@ -235,6 +325,12 @@ async fn answer(
     a.bytes_down = rsp.len() as u64;
     shared.finish(a).await;
     Some(rsp)
+}
+
+/// An error answer for bytes that did not parse as a message but carry an id.
+fn refusal_for_id(query: &[u8], rcode: ResponseCode) -> Option<Vec<u8>> {
+    let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+    dns::error_for_id(id, rcode)
 }
 
 /// Rules on a DNS refusal: a violation only when `--dns-denial-is-violation` says so.

@@ -13,7 +13,7 @@ use crate::allowlist::Rule;
 use crate::host::{Host, Target};
 use crate::policy::{Decision, Policy, Reason};
 
-use crate::resolve::ResolveError;
+use crate::dns::resolve::ResolveError;
 use crate::state::{Attempt, Shared};
 
 /// A connected upstream and what allowed it.

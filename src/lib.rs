@@ -27,7 +27,6 @@ pub mod prefixed;
 pub mod privileges;
 pub mod readiness;
 pub mod relay;
-pub mod resolve;
 pub mod sandbox;
 pub mod shards;
 pub mod size;

@@ -3,16 +3,9 @@
 //! mark, so a sandbox process — even uid 0 without that capability — cannot forge the
 //! exemption, which a uid-based exemption would allow to any process sharing the warden's uid.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::time::Duration;
 
-use hickory_resolver::net::runtime::iocompat::AsyncIoTokioAsStd;
-use hickory_resolver::net::runtime::{
-    RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
-};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UdpSocket};
@@ -65,61 +58,4 @@ pub fn bind_udp(local: SocketAddr, mark: Option<u32>) -> io::Result<UdpSocket> {
     let socket = raw(&local, Type::DGRAM, Protocol::UDP, mark)?;
     socket.bind(&local.into())?;
     UdpSocket::from_std(std::net::UdpSocket::from(socket))
-}
-
-/// A hickory runtime whose DNS sockets carry the warden's mark, so the warden's own lookups
-/// are not captured and sent back to its own DNS listener.
-#[derive(Clone, Default)]
-pub struct MarkedRuntime {
-    inner: TokioRuntimeProvider,
-    mark: Option<u32>,
-}
-
-impl MarkedRuntime {
-    pub fn new(mark: Option<u32>) -> Self {
-        Self {
-            inner: TokioRuntimeProvider::default(),
-            mark,
-        }
-    }
-}
-
-impl RuntimeProvider for MarkedRuntime {
-    type Handle = TokioHandle;
-    type Timer = TokioTime;
-    type Udp = UdpSocket;
-    type Tcp = AsyncIoTokioAsStd<TcpStream>;
-
-    fn create_handle(&self) -> Self::Handle {
-        self.inner.create_handle()
-    }
-
-    fn connect_tcp(
-        &self,
-        server_addr: SocketAddr,
-        _bind_addr: Option<SocketAddr>,
-        wait_for: Option<Duration>,
-    ) -> Pin<Box<dyn Send + Future<Output = Result<Self::Tcp, io::Error>>>> {
-        let mark = self.mark;
-        Box::pin(async move {
-            let wait = wait_for.unwrap_or(Duration::from_secs(5));
-            match tokio::time::timeout(wait, connect_tcp(server_addr, mark)).await {
-                Ok(Ok(stream)) => Ok(AsyncIoTokioAsStd(stream)),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "DNS TCP connect timed out",
-                )),
-            }
-        })
-    }
-
-    fn bind_udp(
-        &self,
-        local_addr: SocketAddr,
-        _server_addr: SocketAddr,
-    ) -> Pin<Box<dyn Send + Future<Output = Result<Self::Udp, io::Error>>>> {
-        let mark = self.mark;
-        Box::pin(async move { bind_udp(local_addr, mark) })
-    }
 }

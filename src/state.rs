@@ -16,12 +16,12 @@ use crate::allowlist::Rule;
 use crate::audit::{Audit, DecisionRecord, Line, SCHEMA, timestamp};
 use crate::budget::Budgets;
 use crate::config::Config;
+use crate::dns::resolve::Resolver;
 use crate::enforce::{Enforcer, Judgement, Ruling};
 use crate::host::{Host, Target};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Policy, Reason};
-use crate::resolve::Resolver;
 use crate::summary::{Summary, ViolationEntry};
 
 /// Longest sandbox-supplied text kept in a record (hosts that did not parse, details).

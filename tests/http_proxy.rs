@@ -548,3 +548,50 @@ async fn every_request_the_parser_rejects_leaves_one_record_and_counts_when_aske
 fn status_of_or_zero(head: &str) -> u16 {
     if head.is_empty() { 0 } else { status_of(head) }
 }
+
+#[tokio::test]
+async fn an_alias_is_resolved_from_its_answer_and_no_unallowed_name_is_ever_asked() {
+    let up = HttpUpstream::start().await;
+    let dns = FakeDns::start(&[("edge.test", &["127.0.0.1"])]).await;
+    // allowed.test's A answer holds the whole chain; its AAAA answer ends in the CNAME (the
+    // target has no IPv6 address), which a chasing resolver would follow with its own query.
+    dns.cname("allowed.test", "edge.test");
+    // An alias whose target the answer does not resolve at all.
+    dns.cname("dangling.test", "nowhere.test");
+    let w = Warden::builder()
+        .allow("allowed.test:*\ndangling.test:*")
+        .upstream(up.addr)
+        .dns(dns.addr)
+        .action("deny")
+        .spawn()
+        .await;
+    let port = up.addr.port();
+    let out = curl(&[
+        "-x",
+        &w.proxy_url(),
+        &format!("http://allowed.test:{port}/x"),
+    ])
+    .await;
+    assert!(out.stdout.starts_with("plain GET /x"), "{out:?}");
+    let out = curl(&[
+        "-x",
+        &w.proxy_url(),
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://dangling.test:{port}/"),
+    ])
+    .await;
+    assert!(out.stdout.starts_with("HTTP/1.1 502"), "{out:?}");
+    let line = w.decision_for("dangling.test", "deny").await;
+    assert_eq!(line["reason"], "resolve_failed");
+    let mut asked = dns.questions();
+    asked.sort();
+    asked.dedup();
+    assert_eq!(
+        asked,
+        ["allowed.test", "dangling.test"],
+        "only allowed names are asked"
+    );
+}

@@ -3,7 +3,7 @@
 //! ones are forwarded to the upstream resolver from marked sockets and their answers cleaned.
 //! Bounded: message size, in-flight queries, and a per-run query rate.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +18,6 @@ use super::{Accepted, Listener};
 use crate::dns::{self, MAX_MESSAGE, QueryDecision};
 use crate::enforce::{Judgement, Ruling};
 use crate::policy::Reason;
-use crate::sockets;
 use crate::state::{Attempt, Shared};
 
 /// UDP queries answered at once; more are dropped (the client retries).
@@ -373,48 +372,10 @@ async fn forward(shared: &Shared, query: &[u8]) -> Result<Vec<u8>, String> {
         .config
         .dns_upstream
         .ok_or("no DNS upstream configured")?;
-    let timeout = shared.config.timeouts.dns;
-    let mark = shared.config.mark;
-    let local: SocketAddr = match upstream {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let udp = async {
-        let sock = sockets::bind_udp(local, mark).map_err(|e| e.to_string())?;
-        sock.connect(upstream).await.map_err(|e| e.to_string())?;
-        sock.send(query).await.map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        loop {
-            let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
-            // Only an answer to this query (same id) counts.
-            if n >= 12 && buf[..2] == query[..2] {
-                return Ok::<_, String>(buf[..n].to_vec());
-            }
-        }
-    };
-    let rsp = tokio::time::timeout(timeout, udp)
+    let config = &shared.config;
+    dns::upstream::exchange(upstream, query, config.timeouts.dns, config.mark)
         .await
-        .map_err(|_| "upstream DNS timed out".to_owned())??;
-    let truncated = rsp.get(2).is_some_and(|b| b & 0x02 != 0);
-    if !truncated {
-        return Ok(rsp);
-    }
-    let tcp = async {
-        let mut s = sockets::connect_tcp(upstream, mark)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_u16(query.len() as u16)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(query).await.map_err(|e| e.to_string())?;
-        let len = usize::from(s.read_u16().await.map_err(|e| e.to_string())?);
-        let mut buf = vec![0u8; len];
-        s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(buf)
-    };
-    tokio::time::timeout(timeout, tcp)
-        .await
-        .map_err(|_| "upstream DNS (TCP) timed out".to_owned())?
+        .map_err(|e| e.to_string())
 }
 
 /// How long a burst of `n` queries takes to refill at `rate` (for docs and tests).

@@ -1,21 +1,25 @@
 //! An in-test DNS server on loopback (UDP and TCP on one port): answers A/AAAA from a table
-//! the test controls and records every question, so tests can assert what was looked up.
+//! the test controls and records every question, so tests can assert what was looked up. A
+//! name can be an alias (CNAME): its answer holds the CNAME record and, like a recursive
+//! resolver's, the target's records of the asked type when the table has any.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 type Table = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
+type Aliases = Arc<Mutex<HashMap<String, String>>>;
 
 pub struct FakeDns {
     pub addr: SocketAddr,
     table: Table,
+    aliases: Aliases,
     questions: Arc<Mutex<Vec<String>>>,
 }
 
@@ -46,6 +50,7 @@ impl FakeDns {
             );
         }
         let questions = Arc::new(Mutex::new(Vec::new()));
+        let aliases: Aliases = Arc::default();
         udp.set_nonblocking(true).unwrap();
         tcp.set_nonblocking(true).unwrap();
         let (udp, tcp) = (
@@ -53,7 +58,7 @@ impl FakeDns {
             TcpListener::from_std(tcp).unwrap(),
         );
         let addr = udp.local_addr().unwrap();
-        let (t, q) = (table.clone(), questions.clone());
+        let (t, q) = ((table.clone(), aliases.clone()), questions.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -65,7 +70,7 @@ impl FakeDns {
                 }
             }
         });
-        let (t, q) = (table.clone(), questions.clone());
+        let (t, q) = ((table.clone(), aliases.clone()), questions.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = tcp.accept().await else {
@@ -91,6 +96,7 @@ impl FakeDns {
         Self {
             addr,
             table,
+            aliases,
             questions,
         }
     }
@@ -103,13 +109,25 @@ impl FakeDns {
         );
     }
 
+    /// Makes `name` an alias of `target`.
+    pub fn cname(&self, name: &str, target: &str) {
+        self.aliases
+            .lock()
+            .unwrap()
+            .insert(name.into(), target.into());
+    }
+
     /// Every name asked for so far (lower case, no trailing dot).
     pub fn questions(&self) -> Vec<String> {
         self.questions.lock().unwrap().clone()
     }
 }
 
-fn answer(query: &[u8], table: &Table, questions: &Arc<Mutex<Vec<String>>>) -> Option<Vec<u8>> {
+fn answer(
+    query: &[u8],
+    (table, aliases): &(Table, Aliases),
+    questions: &Arc<Mutex<Vec<String>>>,
+) -> Option<Vec<u8>> {
     let msg = Message::from_vec(query).ok()?;
     let mut rsp = Message::response(msg.metadata.id, OpCode::Query);
     rsp.metadata.message_type = MessageType::Response;
@@ -124,7 +142,17 @@ fn answer(query: &[u8], table: &Table, questions: &Arc<Mutex<Vec<String>>>) -> O
             .to_ascii_lowercase();
         questions.lock().unwrap().push(name.clone());
         rsp.add_query(q.clone());
-        let Some(addrs) = table.lock().unwrap().get(&name).cloned() else {
+        let mut owner = q.name().clone();
+        let mut lookup = name;
+        if let Some(target) = aliases.lock().unwrap().get(&lookup).cloned() {
+            known = true;
+            let target_name = Name::from_ascii(format!("{target}.")).unwrap();
+            let link = RData::CNAME(CNAME(target_name.clone()));
+            rsp.add_answer(Record::from_rdata(owner, 1, link));
+            owner = target_name;
+            lookup = target;
+        }
+        let Some(addrs) = table.lock().unwrap().get(&lookup).cloned() else {
             continue;
         };
         known = true;
@@ -134,7 +162,7 @@ fn answer(query: &[u8], table: &Table, questions: &Arc<Mutex<Vec<String>>>) -> O
                 (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
                 _ => continue,
             };
-            rsp.add_answer(Record::from_rdata(q.name().clone(), 1, rdata));
+            rsp.add_answer(Record::from_rdata(owner.clone(), 1, rdata));
         }
     }
     if !known {

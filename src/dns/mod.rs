@@ -10,6 +10,9 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::svcb::{SVCB, SvcParamKey, SvcParamValue};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 
+pub mod resolve;
+pub mod upstream;
+
 use crate::allowlist::Rule;
 use crate::host::DomainName;
 use crate::policy::{Policy, Reason};

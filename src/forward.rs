@@ -116,12 +116,14 @@ pub fn response_bytes(rsp: &Response<ProxyBody>, close: bool) -> Vec<u8> {
     out
 }
 
-/// A failure to reach an allowed upstream (not a policy denial).
+/// A failure to reach an allowed upstream, or of the client's request body on its way there
+/// (not a policy denial).
 pub fn upstream_failure(shared: &Shared, kind: &'static str, what: &str) -> Response<ProxyBody> {
     let (status, token) = match kind {
         "connect_timeout" => (StatusCode::GATEWAY_TIMEOUT, "connection_timeout"),
         "connect_refused" => (StatusCode::BAD_GATEWAY, "connection_refused"),
         "upstream_timeout" => (StatusCode::GATEWAY_TIMEOUT, "http_response_timeout"),
+        "client_body_error" => (StatusCode::BAD_REQUEST, "http_request_error"),
         _ => (StatusCode::BAD_GATEWAY, "destination_unavailable"),
     };
     let body = format!(
@@ -446,6 +448,9 @@ impl UpstreamHttp {
                     done: Some(done),
                 });
             }
+            // The client's own body failed (a bad chunk, a short body): the client's fault,
+            // not the upstream's.
+            Ok(Err(e)) if e.is_user() => "client_body_error",
             Ok(Err(_)) => "upstream_error",
             Err(_) => "upstream_timeout",
         };

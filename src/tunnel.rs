@@ -151,7 +151,11 @@ pub async fn run(
         a.ruling = Some(breach.ruling);
         a.set_detail(breach.exceeded.describe());
     } else if a.error.is_none() && a.ruling.is_some_and(|r| r.judgement.proceeds()) {
-        a.error = end.error_kind();
+        a.error = match end {
+            // Cut because the drain after SIGTERM/SIGINT ran out, not by a violation.
+            End::Killed if !shared.enforcer.is_terminated() => Some("shutdown_drain_timeout"),
+            end => end.error_kind(),
+        };
     }
     shared.finish(a).await;
 }

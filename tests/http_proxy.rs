@@ -595,3 +595,20 @@ async fn an_alias_is_resolved_from_its_answer_and_no_unallowed_name_is_ever_aske
         "only allowed names are asked"
     );
 }
+
+#[tokio::test]
+async fn a_malformed_request_body_is_blamed_on_the_client_not_the_upstream() {
+    let (w, up, _dns) = setup("deny").await;
+    let port = up.addr.port();
+    let head = raw_request(
+        w.http,
+        &format!(
+            "POST http://allowed.test:{port}/ HTTP/1.1\r\nHost: allowed.test:{port}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&head), 400, "{head}");
+    assert!(head.contains("error=http_request_error"), "{head}");
+    let line = w.decision_for("allowed.test", "allow").await;
+    assert_eq!(line["error"], "client_body_error", "{line}");
+}

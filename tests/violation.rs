@@ -293,3 +293,35 @@ async fn sigterm_drains_and_exits_0() {
     assert_eq!(end["outcome"], "shutdown");
     assert_eq!(end["exit_code"], 0);
 }
+
+#[tokio::test]
+async fn a_tunnel_cut_by_the_shutdown_drain_is_recorded_as_such_not_as_a_violation() {
+    let bytes = ByteUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let mut w = Warden::builder()
+        .allow("allowed.test:*")
+        .upstream(bytes.addr)
+        .dns(dns.addr)
+        .action("terminate")
+        .arg("--drain-timeout")
+        .arg("200ms")
+        .spawn()
+        .await;
+    let (mut tunnel, status) =
+        connect_tunnel(w.http, &format!("allowed.test:{}", bytes.addr.port())).await;
+    assert!(status.contains(" 200"), "{status}");
+    tunnel.write_all(b"echo\nping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.exit().await.code(), Some(0));
+    let line = w
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "decision" && l["method"] == "CONNECT")
+        .expect("the tunnel's record");
+    assert_eq!(line["verdict"], "allow");
+    assert_eq!(line["error"], "shutdown_drain_timeout", "{line}");
+    let end = w.audit_lines().pop().unwrap();
+    assert_eq!(end["outcome"], "shutdown");
+}

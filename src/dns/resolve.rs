@@ -278,7 +278,11 @@ mod tests {
     }
 
     fn a(name: &str, ttl: u32, ip: [u8; 4]) -> Record {
-        Record::from_rdata(n(name), ttl, RData::A(A::from(std::net::Ipv4Addr::from(ip))))
+        Record::from_rdata(
+            n(name),
+            ttl,
+            RData::A(A::from(std::net::Ipv4Addr::from(ip))),
+        )
     }
 
     fn cname(name: &str, ttl: u32, target: &str) -> Record {

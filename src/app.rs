@@ -353,13 +353,14 @@ async fn serve(
 ) -> i32 {
     let started = SystemTime::now();
     let audit_failed = CancellationToken::new();
-    let (audit, audit_thread) = match Audit::open(&config.audit, audit_failed.clone()) {
-        Ok(pair) => pair,
-        Err(e) => {
-            eprintln!("egress-warden: {e}");
-            return EXIT_FAILURE;
-        }
-    };
+    let (audit, audit_thread) =
+        match Audit::open(&config.audit, config.audit_reserve, audit_failed.clone()) {
+            Ok(pair) => pair,
+            Err(e) => {
+                eprintln!("egress-warden: {e}");
+                return EXIT_FAILURE;
+            }
+        };
     // A ready file left by an earlier warden must not vouch for this one.
     if let Some(path) = &config.ready_file {
         let _ = std::fs::remove_file(path);
@@ -689,7 +690,16 @@ async fn serve(
             }
             (EXIT_FAILURE, "failed")
         }
-        Ending::AuditFailed | Ending::ListenerDied => {
+        Ending::AuditFailed => {
+            eprintln!("egress-warden: the audit log cannot be written; ending the run");
+            if let Some(s) = &sandbox {
+                kill_tree(s);
+            }
+            // Cut every connection now: no byte moves that the log might not show.
+            shared.enforcer.kill_token().cancel();
+            (EXIT_FAILURE, "failed")
+        }
+        Ending::ListenerDied => {
             if let Some(s) = &sandbox {
                 kill_tree(s);
             }

@@ -8,6 +8,12 @@
 //! and one `write` per batch instead of per line, while a denial still reaches the file within a
 //! few milliseconds. If a line cannot be written, the run stops: an audit log with holes is
 //! worse than no run.
+//!
+//! A file keeps `--audit-reserve` bytes of disk allocated ahead of its end (`fallocate` with
+//! `KEEP_SIZE`), so the disk filling up is noticed while there is still room for the lines
+//! of requests already in flight: the run is stopped at once ([`Audit::failing`] makes every
+//! later decision a denial) and those lines still land. A write that fails anyway is cut back
+//! to its last complete line, so the log never ends in a torn line.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -85,6 +91,7 @@ pub struct Line(Vec<u8>);
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
+    failed: CancellationToken,
 }
 
 /// The writer thread; join it after [`Audit::close`].
@@ -98,28 +105,50 @@ impl AuditThread {
 
 impl Audit {
     /// Opens the target and starts the writer. `failed` is cancelled if a write fails.
+    /// `reserve`: disk space a file keeps allocated ahead of its end (`--audit-reserve`):
+    /// room for the lines of every request in flight when the disk fills (sandbox-supplied
+    /// text is bounded to 256 bytes a field, so a line is a few hundred bytes). Given back
+    /// when the log is closed.
     pub fn open(
         target: &AuditTarget,
+        reserve: u64,
         failed: CancellationToken,
     ) -> io::Result<(Self, AuditThread)> {
-        let sink: Box<dyn Write + Send> = match target {
-            AuditTarget::Stderr => Box::new(io::stderr()),
-            AuditTarget::Stdout => Box::new(io::stdout()),
-            AuditTarget::File(path) => Box::new(
-                OpenOptions::new()
+        let sink = match target {
+            AuditTarget::Stderr => Sink::Stream(Box::new(io::stderr())),
+            AuditTarget::Stdout => Sink::Stream(Box::new(io::stdout())),
+            AuditTarget::File(path) => {
+                let context = |e: io::Error| {
+                    io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()))
+                };
+                let file = OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("audit log {}: {e}", path.display()))
-                    })?,
-            ),
+                    .map_err(context)?;
+                let mut sink = FileSink::new(file, reserve).map_err(context)?;
+                // A disk without room for the reserve is full already: refuse to start.
+                sink.reserve(0).map_err(|e| {
+                    context(io::Error::new(
+                        e.kind(),
+                        format!("cannot reserve {reserve} bytes (--audit-reserve): {e}"),
+                    ))
+                })?;
+                Sink::File(sink)
+            }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
+        let writer_failed = failed.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_loop(rx, sink, failed))?;
-        Ok((Self { tx }, AuditThread(thread)))
+            .spawn(move || write_loop(rx, sink, writer_failed))?;
+        Ok((Self { tx, failed }, AuditThread(thread)))
+    }
+
+    /// True once the log could not be written, or the disk has no room left beyond the
+    /// reserve: the run is ending, and nothing more may be allowed.
+    pub fn failing(&self) -> bool {
+        self.failed.is_cancelled()
     }
 
     /// Queues one record (waits while the queue is full).
@@ -161,25 +190,131 @@ impl Audit {
     }
 }
 
-fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Box<dyn Write + Send>, failed: CancellationToken) {
+/// Where lines go.
+enum Sink {
+    /// A regular file (or anything opened by path): reserved ahead, cut back on failure.
+    File(FileSink),
+    /// stdout or stderr.
+    Stream(Box<dyn Write + Send>),
+}
+
+impl Sink {
+    /// Gives back the space reserved past the last line.
+    fn close(&mut self) {
+        if let Sink::File(f) = self
+            && f.reserved > f.len
+        {
+            let _ = f.file.set_len(f.len);
+        }
+    }
+
+    /// Writes one batch of whole lines.
+    fn write_batch(&mut self, batch: &[u8], failed: &CancellationToken) -> io::Result<()> {
+        match self {
+            Sink::File(f) => f.write_batch(batch, failed),
+            Sink::Stream(w) => w.write_all(batch).and_then(|()| w.flush()),
+        }
+    }
+}
+
+struct FileSink {
+    file: std::fs::File,
+    /// Bytes of whole lines in the file.
+    len: u64,
+    /// Allocated up to here (`KEEP_SIZE`: the file's size is still `len`).
+    reserved: u64,
+    /// fallocate works on this file system (tmpfs, ext4, xfs, btrfs do; a FIFO does not).
+    can_reserve: bool,
+    /// `--audit-reserve`.
+    reserve: u64,
+}
+
+impl FileSink {
+    fn new(file: std::fs::File, reserve: u64) -> io::Result<Self> {
+        let meta = file.metadata()?;
+        Ok(Self {
+            len: meta.len(),
+            reserved: meta.len(),
+            can_reserve: meta.file_type().is_file() && reserve > 0,
+            reserve,
+            file,
+        })
+    }
+
+    /// Allocates up to `len + extra + reserve`. Fails with ENOSPC when the disk has no room.
+    fn reserve(&mut self, extra: u64) -> io::Result<()> {
+        let want = self.len + extra + self.reserve;
+        if !self.can_reserve || self.reserved >= want {
+            return Ok(());
+        }
+        // Grow by another whole reserve, so a busy log asks once per reserve's worth of lines.
+        let to = want + self.reserve;
+        let flags = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let offset = i64::try_from(self.reserved).unwrap_or(i64::MAX);
+        let span = i64::try_from(to - self.reserved).unwrap_or(i64::MAX);
+        match nix::fcntl::fallocate(&self.file, flags, offset, span) {
+            Ok(()) => {
+                self.reserved = to;
+                Ok(())
+            }
+            Err(nix::errno::Errno::EOPNOTSUPP) => {
+                self.can_reserve = false;
+                Ok(())
+            }
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+
+    fn write_batch(&mut self, batch: &[u8], failed: &CancellationToken) -> io::Result<()> {
+        if let Err(e) = self.reserve(batch.len() as u64) {
+            // No room beyond the reserve: stop the run now, and keep writing into the reserve
+            // the lines of what was already in flight.
+            if !failed.is_cancelled() {
+                tracing::error!(error = %e, "the audit log's disk is full; stopping the run");
+                failed.cancel();
+            }
+        }
+        let mut written = 0;
+        while written < batch.len() {
+            match self.file.write(&batch[written..]) {
+                Ok(0) => {
+                    return self.cut_back(batch, written, io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.cut_back(batch, written, e),
+            }
+        }
+        self.len += batch.len() as u64;
+        Ok(())
+    }
+
+    /// After a short write: truncates the file to its last complete line and returns `err`.
+    fn cut_back(&mut self, batch: &[u8], written: usize, err: io::Error) -> io::Result<()> {
+        let whole = batch[..written]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        self.len += whole as u64;
+        let _ = self.file.set_len(self.len);
+        Err(err)
+    }
+}
+
+fn write_loop(mut rx: mpsc::Receiver<Msg>, mut sink: Sink, failed: CancellationToken) {
     // Writing to an already open file needs no privilege.
     let _ = crate::privileges::limit_thread(&[]);
-    let mut out = io::BufWriter::with_capacity(64 * 1024, sink);
+    let mut batch = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.blocking_recv() {
         if matches!(first, Msg::Line(_)) {
             std::thread::sleep(LINGER);
         }
         let mut next = Some(first);
         let mut close = None;
-        let mut result = Ok(());
-        // Write everything already queued, then flush once.
+        // Write everything already queued at once.
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Line(line) => {
-                    if result.is_ok() {
-                        result = out.write_all(&line);
-                    }
-                }
+                Msg::Line(line) => batch.extend_from_slice(&line),
                 Msg::Close(done) => {
                     close = Some(done);
                     break;
@@ -187,13 +322,19 @@ fn write_loop(mut rx: mpsc::Receiver<Msg>, sink: Box<dyn Write + Send>, failed: 
             }
             next = rx.try_recv().ok();
         }
-        let result = result.and_then(|()| out.flush());
+        let result = sink.write_batch(&batch, &failed);
+        batch.clear();
+        if batch.capacity() > 1024 * 1024 {
+            batch.shrink_to(64 * 1024);
+        }
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot write the audit log; stopping the run");
             failed.cancel();
+            sink.close();
             return;
         }
         if let Some(done) = close {
+            sink.close();
             let _ = done.send(());
             return;
         }
@@ -210,7 +351,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let failed = CancellationToken::new();
         let (audit, thread) =
-            Audit::open(&AuditTarget::File(path.clone()), failed.clone()).unwrap();
+            Audit::open(&AuditTarget::File(path.clone()), 0, failed.clone()).unwrap();
         for i in 0..1000 {
             audit
                 .write(&serde_json::json!({"schema": SCHEMA, "n": i}))
@@ -245,7 +386,8 @@ mod tests {
             .open(&fifo)
             .unwrap();
         let failed = CancellationToken::new();
-        let (audit, thread) = Audit::open(&AuditTarget::File(fifo), failed.clone()).unwrap();
+        let (audit, thread) =
+            Audit::open(&AuditTarget::File(fifo), 1 << 20, failed.clone()).unwrap();
         let mut n = 0u64;
         let full = loop {
             if let Some(line) = audit.try_write(&serde_json::json!({"n": n})) {
@@ -288,7 +430,7 @@ mod tests {
         // /dev/full accepts the open and fails every write with ENOSPC.
         let failed = CancellationToken::new();
         let (audit, thread) =
-            Audit::open(&AuditTarget::File("/dev/full".into()), failed.clone()).unwrap();
+            Audit::open(&AuditTarget::File("/dev/full".into()), 0, failed.clone()).unwrap();
         audit.write(&serde_json::json!({"schema": SCHEMA})).await;
         failed.cancelled().await;
         thread.join();

@@ -269,6 +269,15 @@ pub struct Options {
     /// Audit log (JSON lines): a file path, or `-` for stdout. Default: stderr.
     #[arg(long, env = "EGRESS_WARDEN_AUDIT_LOG", value_name = "PATH|-")]
     pub audit_log: Option<String>,
+    /// Disk space an audit file keeps allocated ahead of its end: room for the lines of the
+    /// requests in flight when the disk fills (the run then stops). `0` turns it off.
+    #[arg(
+        long,
+        env = "EGRESS_WARDEN_AUDIT_RESERVE",
+        default_value = "4MiB",
+        value_name = "SIZE"
+    )]
+    pub audit_reserve: String,
     /// Write the run summary (JSON) here at exit.
     #[arg(long, env = "EGRESS_WARDEN_SUMMARY_FILE", value_name = "PATH")]
     pub summary_file: Option<PathBuf>,
@@ -484,6 +493,7 @@ pub struct Config {
     pub action: Action,
     pub run_id: String,
     pub audit: AuditTarget,
+    pub audit_reserve: u64,
     pub summary_file: Option<PathBuf>,
     pub ready_file: Option<PathBuf>,
     pub max_upload_bytes: Option<u64>,
@@ -651,6 +661,15 @@ impl Options {
             Some("") => return Err(invalid("audit-log", "", "expected a file path or '-'")),
             Some(p) => AuditTarget::File(PathBuf::from(p)),
         };
+        let audit_reserve = parse_size(&self.audit_reserve)
+            .filter(|n| *n <= 1 << 30)
+            .ok_or_else(|| {
+                invalid(
+                    "audit-reserve",
+                    &self.audit_reserve,
+                    "expected bytes up to 1GiB, or a number with KiB, MiB or GiB",
+                )
+            })?;
         let max_upload_bytes = match &self.max_upload_bytes {
             Some(v) => Some(parse_size(v).ok_or_else(|| {
                 invalid(
@@ -750,6 +769,7 @@ impl Options {
             action: self.on_violation,
             run_id,
             audit,
+            audit_reserve,
             summary_file: self.summary_file.clone(),
             ready_file: self.ready_file.clone(),
             max_upload_bytes,

@@ -193,6 +193,10 @@ impl Attempt {
 
     /// Applies a policy decision: the reason and rule are kept and the enforcer rules on it.
     pub fn decide(&mut self, shared: &Shared, decision: &Decision) -> Judgement {
+        if decision.is_allow() && shared.audit.failing() {
+            // Its line might never be written: nothing more is allowed.
+            return self.decide(shared, &Decision::deny(Reason::AuditUnavailable));
+        }
         self.reason = Some(decision.reason);
         if decision.rule.is_some() {
             self.rule = decision.rule.clone();

@@ -153,6 +153,7 @@ pub async fn run(
     } else if a.error.is_none() && a.ruling.is_some_and(|r| r.judgement.proceeds()) {
         a.error = match end {
             // Cut because the drain after SIGTERM/SIGINT ran out, not by a violation.
+            End::Killed if shared.audit.failing() => Some("audit_unavailable"),
             End::Killed if !shared.enforcer.is_terminated() => Some("shutdown_drain_timeout"),
             end => end.error_kind(),
         };

@@ -325,3 +325,64 @@ async fn a_tunnel_cut_by_the_shutdown_drain_is_recorded_as_such_not_as_a_violati
     let end = w.audit_lines().pop().unwrap();
     assert_eq!(end["outcome"], "shutdown");
 }
+
+#[tokio::test]
+async fn a_full_audit_disk_stops_the_run_with_whole_lines_and_nothing_allowed_unrecorded() {
+    let up = HttpUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    // 64 KiB of disk with 16 KiB kept in reserve: a couple of hundred lines fit.
+    let mut w = Warden::builder()
+        .allow("allowed.test:*")
+        .upstream(up.addr)
+        .dns(dns.addr)
+        .action("deny")
+        .arg("--audit-reserve")
+        .arg("16KiB")
+        .audit_on_tmpfs("64k")
+        .spawn()
+        .await;
+    let url = format!("http://allowed.test:{}/fill", up.addr.port());
+    let proxy = w.proxy_url();
+    // Sequential requests on keep-alive connections until the warden stops answering.
+    let mut args = vec![
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}\n",
+        "-x",
+        &proxy,
+    ];
+    args.extend(std::iter::repeat_n(url.as_str(), 1000));
+    let out = curl(&args).await;
+    let codes: Vec<&str> = out.stdout.lines().collect();
+    assert!(codes.contains(&"200"), "{out:?}");
+    assert_eq!(w.exit().await.code(), Some(1), "{}", w.stderr_text());
+    assert!(w.stderr_text().contains("audit log"), "{}", w.stderr_text());
+    let text = std::fs::read_to_string(&w.audit).unwrap();
+    assert!(text.ends_with('\n'), "no torn last line");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
+        .collect();
+    let allowed = lines
+        .iter()
+        .filter(|l| l["event"] == "decision" && l["verdict"] == "allow")
+        .count();
+    assert!(allowed > 50, "{allowed} allowed before the disk filled");
+    assert_eq!(
+        up.seen.requests(),
+        allowed,
+        "every request that reached the upstream has its line"
+    );
+    assert!(
+        codes.len() < 1000 || codes.iter().any(|c| *c != "200"),
+        "the run stopped before all 1000 requests went through"
+    );
+    let end = lines.last().unwrap();
+    assert_eq!(
+        end["event"], "end",
+        "the end record still fits in the reserve"
+    );
+    assert_eq!(end["outcome"], "failed");
+}

@@ -283,6 +283,11 @@ async fn answer(
                 return dns::refusal(&msg, config.deny_rcode);
             }
         }
+        QueryDecision::Forward { .. } if shared.audit.failing() => {
+            deny(shared, &mut a, Reason::AuditUnavailable);
+            shared.finish(a).await;
+            return dns::refusal(&msg, ResponseCode::Refused);
+        }
         QueryDecision::Forward { rule, .. } => {
             a.reason = Some(Reason::DomainAllowed);
             a.rule = Some(rule);

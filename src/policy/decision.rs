@@ -66,10 +66,13 @@ pub enum Reason {
     /// A transparent connection with no usable name (no SNI/Host, ECH) to an address no IP
     /// rule allows; or a connection to the transparent listener that was not redirected.
     NoHostname,
+    /// The audit log cannot take more lines (its disk is full, or a write failed): the run is
+    /// ending, and nothing is allowed that could go unrecorded.
+    AuditUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::DomainAllowed,
         Reason::IpAllowed,
         Reason::DomainNotAllowed,
@@ -90,6 +93,7 @@ impl Reason {
         Reason::DnsTypeNotAllowed,
         Reason::DnsRateLimited,
         Reason::NoHostname,
+        Reason::AuditUnavailable,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -114,6 +118,7 @@ impl Reason {
             Reason::DnsTypeNotAllowed => "dns_type_not_allowed",
             Reason::DnsRateLimited => "dns_rate_limited",
             Reason::NoHostname => "no_hostname",
+            Reason::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -142,7 +147,8 @@ impl Reason {
             | Reason::ResolveFailed
             | Reason::ConnectionLimit
             | Reason::RunTerminated
-            | Reason::DnsRateLimited => false,
+            | Reason::DnsRateLimited
+            | Reason::AuditUnavailable => false,
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct Builder {
     run: Option<Vec<String>>,
     netns: Option<String>,
     admin_from: Option<(String, std::net::IpAddr)>,
+    audit_tmpfs: Option<String>,
 }
 
 impl Builder {
@@ -88,6 +89,13 @@ impl Builder {
         self
     }
 
+    /// Writes the audit log on a tmpfs of `size` mounted in the warden's own mount namespace
+    /// (`unshare -m`), copied to [`Warden::audit`] once the warden has exited.
+    pub fn audit_on_tmpfs(mut self, size: &str) -> Self {
+        self.audit_tmpfs = Some(size.into());
+        self
+    }
+
     /// Starts `egress-warden run ... -- CMD` instead of `serve`.
     pub fn run(mut self, cmd: &[&str]) -> Self {
         self.run = Some(cmd.iter().map(|s| s.to_string()).collect());
@@ -104,13 +112,27 @@ impl Builder {
         let summary = dir.path().join("summary.json");
         let stderr = dir.path().join("stderr.log");
         let stdout = dir.path().join("stdout.log");
-        let mut cmd = match &self.netns {
-            Some(ns) => {
+        let mut cmd = match (&self.netns, &self.audit_tmpfs) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, BIN]);
                 c
             }
-            None => Command::new(BIN),
+            (None, Some(size)) => {
+                let fs = dir.path().join("auditfs");
+                std::fs::create_dir(&fs).unwrap();
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"]);
+                c.arg(
+                    r#"size=$1 fs=$2 copy=$3; shift 3
+mount -t tmpfs -o "size=$size" tmpfs "$fs" || exit 99
+"$@" --audit-log "$fs/audit.jsonl"; rc=$?
+cp "$fs/audit.jsonl" "$copy"; exit $rc"#,
+                );
+                c.args(["sh", size, path(&fs), path(&audit), BIN]);
+                c
+            }
+            (None, None) => Command::new(BIN),
         };
         cmd.arg(if self.run.is_some() { "run" } else { "serve" });
         cmd.args(["--allowlist", path(&allow)])
@@ -129,8 +151,6 @@ impl Builder {
             .args([
                 "--ready-file",
                 path(&ready),
-                "--audit-log",
-                path(&audit),
                 "--summary-file",
                 path(&summary),
             ])
@@ -140,6 +160,10 @@ impl Builder {
                 &self.dns.map_or("127.0.0.1:9".into(), |a| a.to_string()),
             ])
             .args(&self.args)
+            .args(match self.audit_tmpfs {
+                Some(_) => vec![],
+                None => vec!["--audit-log", path(&audit)],
+            })
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -217,6 +241,7 @@ impl Warden {
             run: None,
             netns: None,
             admin_from: None,
+            audit_tmpfs: None,
         }
     }
 

@@ -91,6 +91,8 @@ pub struct Metrics {
     enforcement: Gauge,
     dropped: Family<ClassLabels, Counter>,
     dns_rate_limited: Counter,
+    waiting: Gauge,
+    evicted: Counter,
 }
 
 impl Metrics {
@@ -114,6 +116,8 @@ impl Metrics {
             enforcement: Gauge::default(),
             dropped: Family::default(),
             dns_rate_limited: Counter::default(),
+            waiting: Gauge::default(),
+            evicted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +141,16 @@ impl Metrics {
             "connections_open",
             "Client connections currently open",
             m.open.clone(),
+        );
+        registry.register(
+            "connections_waiting",
+            "Client connections that have not sent their first request yet",
+            m.waiting.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Silent connections closed to make room at --max-connections",
+            m.evicted.clone(),
         );
         registry.register(
             "worker_connections",
@@ -283,6 +297,11 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    /// The queue of connections that have not sent a request ([`crate::listener::idle`]).
+    pub fn waiting(&self) -> crate::listener::idle::Waiting {
+        crate::listener::idle::Waiting::new(self.waiting.clone(), self.evicted.clone())
     }
 
     pub fn dns_rate_limited(&self) {

@@ -38,6 +38,8 @@ pub struct Shared {
     pub summary: Summary,
     /// One permit per open client connection.
     pub connections: Arc<Semaphore>,
+    /// Connections that have not sent their first request, evicted oldest first at the cap.
+    pub waiting: Arc<crate::listener::idle::Waiting>,
     /// Every connection task, so shutdown can wait for them (and their audit lines).
     pub tasks: TaskTracker,
     /// Cancelled on shutdown: idle keep-alive connections close, in-flight ones finish.
@@ -65,6 +67,7 @@ impl Shared {
             ),
             budgets: Budgets::new(config.max_upload_bytes),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            waiting: Arc::new(metrics.waiting()),
             policy: ArcSwap::from_pointee(policy),
             summary: Summary::default(),
             tasks: TaskTracker::new(),

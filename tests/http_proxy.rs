@@ -7,7 +7,7 @@ mod support;
 use support::dns::FakeDns;
 use support::upstream::HttpUpstream;
 use support::{Warden, curl, raw_request, read_response, status_of};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A warden allowing `allowed.test` (resolving to the loopback upstream, which needs its own
@@ -325,22 +325,26 @@ async fn connections_over_the_cap_are_refused_cleanly_and_recorded() {
         .arg("2")
         .spawn()
         .await;
-    let held: Vec<TcpStream> = vec![
-        TcpStream::connect(w.http).await.unwrap(),
-        TcpStream::connect(w.socks).await.unwrap(),
-    ];
-    // Both held connections are accepted (open gauge) before the third arrives.
+    // Two connections that are working (a request under way), so neither can be evicted.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(w.http).await.unwrap();
+        s.write_all(b"GET http://allowed.test/ HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // Both are accepted (open gauge) and past their first read before the third arrives.
     w.metric_eq(
         "egress_warden_connections_open",
         &[("listener", "http")],
-        1.0,
+        2.0,
     )
     .await;
-    w.metric_eq(
-        "egress_warden_connections_open",
-        &[("listener", "socks5")],
-        1.0,
-    )
+    support::eventually("both held connections read", async || {
+        let m = w.metrics().await;
+        (support::sample(&m, "egress_warden_connections_waiting", &[]) == Some(0.0)).then_some(())
+    })
     .await;
     let head = raw_request(
         w.http,
@@ -611,4 +615,56 @@ async fn a_malformed_request_body_is_blamed_on_the_client_not_the_upstream() {
     assert!(head.contains("error=http_request_error"), "{head}");
     let line = w.decision_for("allowed.test", "allow").await;
     assert_eq!(line["error"], "client_body_error", "{line}");
+}
+
+#[tokio::test]
+async fn at_the_cap_the_connection_silent_the_longest_makes_room() {
+    let w = Warden::builder()
+        .arg("--max-connections")
+        .arg("2")
+        .spawn()
+        .await;
+    // Two connections that never say anything: oldest on HTTP, then one on SOCKS.
+    let mut oldest = TcpStream::connect(w.http).await.unwrap();
+    support::eventually("the first is waiting", async || {
+        let m = w.metrics().await;
+        (support::sample(&m, "egress_warden_connections_waiting", &[]) == Some(1.0)).then_some(())
+    })
+    .await;
+    let mut newer = TcpStream::connect(w.socks).await.unwrap();
+    support::eventually("both are waiting", async || {
+        let m = w.metrics().await;
+        (support::sample(&m, "egress_warden_connections_waiting", &[]) == Some(2.0)).then_some(())
+    })
+    .await;
+    // A real request is served, not refused: the oldest silent connection is closed for it.
+    let head = raw_request(
+        w.http,
+        "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        status_of(&head),
+        403,
+        "served (and denied by policy): {head}"
+    );
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), oldest.read(&mut buf))
+        .await
+        .expect("the oldest is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the oldest silent connection was closed");
+    // The newer one is still open: nothing more was needed.
+    let still =
+        tokio::time::timeout(std::time::Duration::from_millis(200), newer.read(&mut buf)).await;
+    assert!(
+        still.is_err(),
+        "the newer silent connection stays: {still:?}"
+    );
+    assert!(
+        !w.audit_lines()
+            .iter()
+            .any(|l| l["reason"] == "connection_limit"),
+        "nothing was refused"
+    );
 }

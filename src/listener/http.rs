@@ -103,14 +103,17 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         upstream: Mutex::new(None),
     });
     let stream = acc.stream;
+    let waiting = shared.waiting.enter();
     let stop = async {
         tokio::select! {
             () = killed(kill.as_ref()) => {}
             () = shared.drain.cancelled() => {}
+            () = waiting.evicted() => {}
         }
     };
     let head = config.max_header_bytes;
     let read = first_connect::read(&stream, config.timeouts.handshake, head, stop).await;
+    drop(waiting);
     let read_ahead = match read {
         FirstRead::Gone => return,
         FirstRead::Other(bytes) if bytes.starts_with(H2_PREFACE) => {

@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod first_connect;
 pub mod http;
+pub mod idle;
 pub mod socks;
 pub mod transparent;
 
@@ -21,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::policy::Reason;
 use crate::shards::{Shards, Slot};
 use crate::state::{Attempt, Shared};
+
+/// How long an accept waits for an evicted connection's slot.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
 
 /// Which listener a connection arrived on (a metric label and an audit field).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -154,7 +158,19 @@ pub async fn accept_loop<H, F, R, RF>(
                 continue;
             }
         };
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(p) => Ok(p),
+            // At the cap: a connection that has not said anything yet makes room.
+            Err(_) if shared.waiting.evict_oldest() => {
+                let freed = shared.connections.clone().acquire_owned();
+                match tokio::time::timeout(EVICTION_WAIT, freed).await {
+                    Ok(Ok(p)) => Ok(p),
+                    _ => Err(()),
+                }
+            }
+            Err(_) => Err(()),
+        };
+        let Ok(permit) = permit else {
             let shared = shared.clone();
             let refused = refuse(stream);
             shared.clone().tasks.spawn(async move {

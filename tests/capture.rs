@@ -95,6 +95,31 @@ for i in range(n):
 print("sent")
 "#;
 
+/// Sends a ClientHello naming allowed.test to `host`:443, with an encrypted_client_hello
+/// extension when the second argument is `ech`; prints how the connection ended.
+const HELLO: &str = r#"
+import socket, struct, sys
+host, ech = sys.argv[1], sys.argv[2] == "ech"
+def ext(kind, data):
+    return struct.pack("!HH", kind, len(data)) + data
+name = b"allowed.test"
+sni = struct.pack("!BH", 0, len(name)) + name
+exts = ext(0, struct.pack("!H", len(sni)) + sni)
+if ech:
+    exts += ext(0xFE0D, b"\x00\x00\x01\x00\x01\x07" + b"\x00" * 8)
+body = b"\x03\x03" + b"\x07" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+body += struct.pack("!H", len(exts)) + exts
+hs = b"\x01" + len(body).to_bytes(3, "big") + body
+s = socket.create_connection((host, 443), timeout=5)
+s.sendall(b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs)
+try:
+    r = s.recv(100)
+    # 15: a TLS alert (the warden's refusal); 16: a handshake from a server.
+    print(r[:1].hex() if r else "closed")
+except OSError as e:
+    print("reset")
+"#;
+
 const DNS_QUERY: &str = r#"
 import socket, struct, sys
 name, server = sys.argv[1], sys.argv[2]
@@ -167,6 +192,7 @@ impl Scene {
             ("ping.py", PING),
             ("dns_query.py", DNS_QUERY),
             ("dns_junk.py", DNS_JUNK),
+            ("hello.py", HELLO),
         ] {
             std::fs::write(dir.path().join(name), body).unwrap();
         }
@@ -860,4 +886,49 @@ async fn a_dns_flood_costs_a_line_per_interval_not_one_per_datagram() {
     assert!(summary["since"].is_string() && summary["bytes_up"].as_u64().unwrap() > 0);
     // The run goes on.
     assert_eq!(w.admin_get("/readyz").await.0, 200);
+}
+
+#[tokio::test]
+async fn an_encrypted_client_hello_is_decided_by_address_never_by_its_outer_sni() {
+    let scene = Scene::new().await;
+    let w = scene.warden("deny").await;
+    let hello = scene.path("hello.py");
+    // The outer SNI names an allowed host, but with ECH the real name is hidden: only IP rules
+    // can allow it, and none covers the address.
+    let out = sh(
+        &scene.world.host,
+        None,
+        &format!("python3 {hello} {PUBLIC_V4} ech"),
+    )
+    .await;
+    assert_ne!(out.stdout, "16\n", "no server answered: {}", out.stderr);
+    let line = w
+        .decision(|l| l["listener"] == "transparent" && l["verdict"] == "deny")
+        .await;
+    assert_eq!(line["reason"], "no_hostname", "{line}");
+    assert_eq!(line["host"], PUBLIC_V4);
+    assert!(
+        line["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("encrypted client hello")),
+        "{line}"
+    );
+    assert_eq!(line["violation"], true);
+    assert_eq!(
+        scene.web.seen.connections(),
+        0,
+        "the server was never dialled"
+    );
+    // The same hello without ECH is named by its SNI and reaches the server.
+    sh(
+        &scene.world.host,
+        None,
+        &format!("python3 {hello} {PUBLIC_V4} plain"),
+    )
+    .await;
+    let line = w
+        .decision(|l| l["listener"] == "transparent" && l["verdict"] == "allow")
+        .await;
+    assert_eq!(line["host"], "allowed.test");
+    assert_eq!(scene.web.seen.connections(), 1);
 }

@@ -265,6 +265,8 @@ async fn dns_rebinding_to_loopback_through_an_allowed_name_is_denied() {
 #[tokio::test]
 async fn only_checked_addresses_are_dialled_when_some_answers_are_refused() {
     let up = HttpUpstream::start().await;
+    // A server on the refused address too, so dialling it would succeed (and be seen).
+    let decoy = HttpUpstream::start_on(&format!("127.0.0.2:{}", up.addr.port())).await;
     // 127.0.0.2 has no IP rule (refused); 127.0.0.1 has one for the upstream's port.
     let dns = FakeDns::start(&[("mixed.test", &["127.0.0.2", "127.0.0.1"])]).await;
     let w = Warden::builder()
@@ -278,6 +280,11 @@ async fn only_checked_addresses_are_dialled_when_some_answers_are_refused() {
     assert!(out.stdout.starts_with("plain GET"), "{out:?}");
     let line = w.decision_for("mixed.test", "allow").await;
     assert_eq!(line["ip"], "127.0.0.1");
+    assert_eq!(
+        decoy.seen.connections(),
+        0,
+        "the refused address is never dialled"
+    );
 }
 
 #[tokio::test]

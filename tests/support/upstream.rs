@@ -21,9 +21,14 @@ use tokio::net::TcpListener;
 pub struct Seen {
     pub connections: AtomicUsize,
     pub requests: AtomicUsize,
+    /// Bytes a `sink` connection has read so far (counted as they arrive).
+    pub sunk: AtomicUsize,
 }
 
 impl Seen {
+    pub fn sunk(&self) -> usize {
+        self.sunk.load(Ordering::SeqCst)
+    }
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
@@ -258,6 +263,7 @@ impl ByteUpstream {
                     return;
                 };
                 s.connections.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
                     let mut r = BufReader::new(r);
@@ -295,7 +301,10 @@ impl ByteUpstream {
                             loop {
                                 match r.read(&mut buf).await {
                                     Ok(0) | Err(_) => break,
-                                    Ok(n) => total += n,
+                                    Ok(n) => {
+                                        total += n;
+                                        s.sunk.fetch_add(n, Ordering::SeqCst);
+                                    }
                                 }
                             }
                             let _ = w.write_all(format!("{total}\n").as_bytes()).await;

@@ -123,10 +123,11 @@ except OSError as e:
 const DNS_QUERY: &str = r#"
 import socket, struct, sys
 name, server = sys.argv[1], sys.argv[2]
+qtype = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
 for label in name.split("."):
     q += bytes([len(label)]) + label.encode()
-q += b"\x00" + struct.pack("!HH", 1, 1)
+q += b"\x00" + struct.pack("!HH", qtype, 1)
 s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(3)
 s.sendto(q, (server, 53))
@@ -652,9 +653,11 @@ async fn direct_connections_to_denied_addresses_never_arrive() {
         )
         .unwrap_or(0.0)
     };
+    // Every datagram sent above: two users × IPv4 and IPv6 × two payloads, and one echo for
+    // each family (so a family whose drops went uncounted fails here).
     support::eventually("drop counters", async || {
         let text = w.metrics().await;
-        (dropped(&text, "udp") >= 4.0 && dropped(&text, "icmp") >= 2.0).then_some(())
+        (dropped(&text, "udp") >= 8.0 && dropped(&text, "icmp") >= 2.0).then_some(())
     })
     .await;
     let line = w
@@ -931,4 +934,78 @@ async fn an_encrypted_client_hello_is_decided_by_address_never_by_its_outer_sni(
         .await;
     assert_eq!(line["host"], "allowed.test");
     assert_eq!(scene.web.seen.connections(), 1);
+}
+
+#[tokio::test]
+async fn txt_ptr_and_any_are_refused_by_the_dns_listener_and_never_forwarded() {
+    let scene = Scene::new().await;
+    let w = scene.warden("terminate").await;
+    let dnsq = scene.path("dns_query.py");
+    // TXT, PTR and ANY for an allowed name: refused (a channel for data, not for dialling).
+    for (qtype, name) in [(16, "TXT"), (12, "PTR"), (255, "ANY")] {
+        let out = sh(
+            &scene.world.host,
+            None,
+            &format!("python3 {dnsq} allowed.test {RESOLVER} {qtype}"),
+        )
+        .await;
+        assert_eq!(
+            out.stdout.trim(),
+            "rcode=5 answers=0",
+            "{name}: {}",
+            out.stderr
+        );
+        let line = w
+            .decision(|l| {
+                l["listener"] == "dns" && l["detail"].as_str().is_some_and(|d| d.contains(name))
+            })
+            .await;
+        assert_eq!(line["reason"], "dns_type_not_allowed", "{line}");
+        assert_eq!(
+            line["violation"], false,
+            "not a violation by default: {line}"
+        );
+    }
+    // A refused name is not a violation by default either: the run goes on.
+    let out = sh(
+        &scene.world.host,
+        None,
+        &format!("python3 {dnsq} evil.test {RESOLVER}"),
+    )
+    .await;
+    assert_eq!(out.stdout.trim(), "rcode=5 answers=0", "{}", out.stderr);
+    assert_eq!(w.admin_get("/readyz").await.0, 200);
+    assert!(
+        scene.dns.questions().is_empty(),
+        "nothing refused was forwarded: {:?}",
+        scene.dns.questions()
+    );
+}
+
+#[tokio::test]
+async fn with_dns_denial_is_violation_a_refused_query_ends_the_run() {
+    let scene = Scene::new().await;
+    let mut w = scene
+        .warden_with("terminate", &["--dns-denial-is-violation"])
+        .await;
+    let dnsq = scene.path("dns_query.py");
+    let out = sh(
+        &scene.world.host,
+        None,
+        &format!("python3 {dnsq} evil.test {RESOLVER}"),
+    )
+    .await;
+    assert_eq!(out.stdout.trim(), "rcode=5 answers=0", "{}", out.stderr);
+    assert_eq!(w.exit().await.code(), Some(77));
+    let line = w
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["listener"] == "dns" && l["host"] == "evil.test")
+        .unwrap();
+    assert_eq!(line["reason"], "domain_not_allowed");
+    assert_eq!(line["violation"], true);
+    assert_eq!(
+        w.audit_lines().last().unwrap()["termination_reason"],
+        "domain_not_allowed"
+    );
 }

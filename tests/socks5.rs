@@ -56,6 +56,40 @@ async fn https_through_socks5_checks_sni() {
 }
 
 #[tokio::test]
+async fn a_socks5_tunnel_whose_sni_names_another_host_is_refused_with_an_alert() {
+    let tls = TlsUpstream::start(&["allowed.test", "evil.test"]).await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let w = Warden::builder()
+        .allow("allowed.test:*")
+        .upstream(tls.addr)
+        .dns(dns.addr)
+        .action("deny")
+        .spawn()
+        .await;
+    let port = tls.addr.port();
+    // SOCKS asks for allowed.test; the TLS hello inside names evil.test.
+    let out = curl(&[
+        "--socks5-hostname",
+        &w.socks.to_string(),
+        "--cacert",
+        tls.ca(),
+        "--connect-to",
+        &format!("evil.test:{port}:allowed.test:{port}"),
+        &format!("https://evil.test:{port}/"),
+    ])
+    .await;
+    assert_ne!(out.status, 0, "{out:?}");
+    assert!(out.stderr.contains("access denied"), "{out:?}");
+    let line = w.decision(|l| l["reason"] == "sni_mismatch").await;
+    assert_eq!(line["listener"], "socks5");
+    assert_eq!(line["host"], "allowed.test");
+    assert_eq!(line["detail"], "sni=evil.test");
+    assert_eq!(line["violation"], true);
+    assert_eq!(line["bytes_up"], 0);
+    assert_eq!(tls.seen.requests(), 0);
+}
+
+#[tokio::test]
 async fn denied_targets_get_reply_2_and_are_recorded() {
     let dns = FakeDns::start(&[]).await;
     let w = Warden::builder()

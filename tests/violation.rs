@@ -123,22 +123,39 @@ async fn run_kills_the_whole_process_tree_on_a_violation() {
          curl -s -x $HTTP_PROXY http://evil.test/ > {d}/curl.out; \
          sleep 1000"
     );
-    let started = Instant::now();
     let mut w = Warden::builder()
         .action("terminate")
         .run(&["sh", "-c", &script])
         .spawn()
         .await;
+    let pids: Vec<i32> = support::eventually("the sandbox's pids", async || {
+        ["bg", "escaped"]
+            .iter()
+            .map(|name| {
+                std::fs::read_to_string(dir.path().join(name))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    })
+    .await;
+    // Timed from the violation's own record, not from start-up.
+    let violation = w.decision(|l| l["violation"] == true).await;
+    let at = humantime::parse_rfc3339(violation["ts"].as_str().unwrap()).unwrap();
+    let dead = support::eventually("the whole tree dead", async || {
+        pids.iter()
+            .all(|&pid| !alive(pid))
+            .then(std::time::SystemTime::now)
+    })
+    .await;
+    let took = dead.duration_since(at).unwrap_or_default();
+    assert!(
+        took < Duration::from_secs(1),
+        "the tree outlived the violation by {took:?}"
+    );
     assert_eq!(w.exit().await.code(), Some(77), "{}", w.stderr_text());
-    assert!(started.elapsed() < Duration::from_secs(10));
-    for name in ["bg", "escaped"] {
-        let pid: i32 = std::fs::read_to_string(dir.path().join(name))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        assert!(!alive(pid), "{name} process {pid} survived");
-    }
     let lines = w.audit_lines();
     assert!(
         lines

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::dns::FakeDns;
 use support::upstream::{ByteUpstream, HttpUpstream};

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Accepted, Listener};
@@ -41,13 +41,13 @@ pub enum Reply {
 
 /// The address a client asked for, as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Address {
+pub enum Address {
     Ip(IpAddr),
     Domain(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error)]
-enum HandshakeError {
+pub enum HandshakeError {
     #[error("client did not offer the no-authentication method")]
     NoAcceptableMethod,
     #[error("not SOCKS version 5 (first byte {0:#04x})")]
@@ -69,8 +69,11 @@ pub async fn refuse(stream: TcpStream) {
     drop(stream);
 }
 
-/// Reads the greeting and the request.
-async fn handshake(s: &mut TcpStream) -> Result<(Address, u16), HandshakeError> {
+/// Reads the greeting and the request, answering the method selection (and, for a request
+/// it refuses, the reply). Generic over the stream so it can be fuzzed without a socket.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<(Address, u16), HandshakeError> {
     let version = match s.read_u8().await {
         Ok(v) => v,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -123,8 +126,8 @@ async fn handshake(s: &mut TcpStream) -> Result<(Address, u16), HandshakeError> 
     Ok((address, port))
 }
 
-async fn send_reply(
-    s: &mut TcpStream,
+async fn send_reply<S: AsyncWrite + Unpin>(
+    s: &mut S,
     reply: Reply,
     bound: Option<SocketAddr>,
 ) -> std::io::Result<()> {

@@ -21,8 +21,14 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if let Ok(Host::Name(name)) = Host::parse(text) {
-            assert_eq!(Host::parse(name.as_str()).ok(), Some(Host::Name(name.clone())));
-            assert!(name.as_str().parse::<IpAddr>().is_err(), "a name that is an address");
+            assert_eq!(
+                Host::parse(name.as_str()).ok(),
+                Some(Host::Name(name.clone()))
+            );
+            assert!(
+                name.as_str().parse::<IpAddr>().is_err(),
+                "a name that is an address"
+            );
         }
     }
     if data.len() >= 4 {

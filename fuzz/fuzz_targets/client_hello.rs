@@ -11,11 +11,18 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Flight::Tls(hello)) = &first
         && let Some(sni) = &hello.sni
     {
-        assert!(!sni.is_empty() && sni.bytes().all(|b| b.is_ascii_graphic()), "{sni:?}");
+        assert!(
+            !sni.is_empty() && sni.bytes().all(|b| b.is_ascii_graphic()),
+            "{sni:?}"
+        );
     }
     if first != Err(SniffError::Incomplete) {
         let mut more = data.to_vec();
         more.extend_from_slice(b"\x16\x03\x01 trailing bytes GET / HTTP/1.1\r\n\r\n");
-        assert_eq!(classify(&more), first, "a decided prefix changed its answer");
+        assert_eq!(
+            classify(&more),
+            first,
+            "a decided prefix changed its answer"
+        );
     }
 });

@@ -38,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
         && let QueryDecision::Forward { name, qtype, .. } = decide(policy, &query, &types())
     {
         assert!(types().contains(&qtype));
-        assert!(policy.decide_name(&name, 443).is_allow() || policy.decide_name(&name, 1).is_allow());
+        assert!(
+            policy.decide_name(&name, 443).is_allow() || policy.decide_name(&name, 1).is_allow()
+        );
     }
     if let Ok((cleaned, _)) = clean_answer(policy, data) {
         let msg = Message::from_vec(&cleaned).expect("a cleaned answer parses");
@@ -76,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
         for rtype in [RecordType::A, RecordType::AAAA] {
             if let Ok((addrs, _)) = read_answer(data, id, &name, rtype) {
                 assert!(addrs.len() <= MAX_ADDRESSES);
-                assert!(addrs.iter().all(|ip| ip.is_ipv4() == (rtype == RecordType::A)));
+                assert!(
+                    addrs
+                        .iter()
+                        .all(|ip| ip.is_ipv4() == (rtype == RecordType::A))
+                );
             }
         }
     }

@@ -47,6 +47,9 @@ fuzz_target!(|data: &[u8]| {
             h.name.eq_ignore_ascii_case("content-length")
                 || h.name.eq_ignore_ascii_case("transfer-encoding")
         }));
-        assert_eq!(req.path.map(str::parse::<hyper::Uri>).and_then(Result::ok), Some(uri));
+        assert_eq!(
+            req.path.map(str::parse::<hyper::Uri>).and_then(Result::ok),
+            Some(uri)
+        );
     }
 });

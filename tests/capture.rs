@@ -226,6 +226,12 @@ impl Scene {
         self.dir.path().join("www")
     }
 
+    /// Runs `dns_query.py ARGS` (name, server, optional type) in the sandbox as `user`.
+    async fn dns_query(&self, user: Option<u32>, args: &str) -> Out {
+        let script = self.path("dns_query.py");
+        sh(&self.world.host, user, &format!("python3 {script} {args}")).await
+    }
+
     /// Datagrams that reached the world's UDP port 443.
     fn udp_received(&self) -> usize {
         let mut n = 0;
@@ -558,11 +564,7 @@ async fn allowed_names_work_through_capture_with_curl_git_and_pip() {
 async fn direct_connections_to_denied_addresses_never_arrive() {
     let scene = Scene::new().await;
     let w = scene.warden("deny").await;
-    let (udp, ping, dnsq) = (
-        scene.path("udp_send.py"),
-        scene.path("ping.py"),
-        scene.path("dns_query.py"),
-    );
+    let (udp, ping) = (scene.path("udp_send.py"), scene.path("ping.py"));
     // As root (the warden's own uid here) and as nobody.
     for user in [None, Some(65534)] {
         for url in [
@@ -596,19 +598,11 @@ async fn direct_connections_to_denied_addresses_never_arrive() {
         .await;
         assert!(out.stdout.contains("sent"), "{}", out.stderr);
         // DNS to the world's resolver directly: answered by the warden, which refuses evil.test.
-        let out = sh(
-            &scene.world.host,
-            user,
-            &format!("python3 {dnsq} evil.test {RESOLVER}"),
-        )
-        .await;
+        let out = scene
+            .dns_query(user, &format!("evil.test {RESOLVER}"))
+            .await;
         assert_eq!(out.stdout.trim(), "rcode=5 answers=0", "{}", out.stderr);
-        let out = sh(
-            &scene.world.host,
-            user,
-            &format!("python3 {dnsq} allowed.test 198.51.100.53"),
-        )
-        .await;
+        let out = scene.dns_query(user, "allowed.test 198.51.100.53").await;
         assert_eq!(
             out.stdout.trim(),
             "rcode=0 answers=1",
@@ -616,12 +610,7 @@ async fn direct_connections_to_denied_addresses_never_arrive() {
             out.stderr
         );
         // The same over IPv6, to the world's resolver address there.
-        let out = sh(
-            &scene.world.host,
-            user,
-            &format!("python3 {dnsq} evil.test fd77::1"),
-        )
-        .await;
+        let out = scene.dns_query(user, "evil.test fd77::1").await;
         assert_eq!(out.stdout.trim(), "rcode=5 answers=0", "{}", out.stderr);
     }
     // ICMP and ICMPv6 echo, with raw sockets (root).
@@ -940,15 +929,11 @@ async fn an_encrypted_client_hello_is_decided_by_address_never_by_its_outer_sni(
 async fn txt_ptr_and_any_are_refused_by_the_dns_listener_and_never_forwarded() {
     let scene = Scene::new().await;
     let w = scene.warden("terminate").await;
-    let dnsq = scene.path("dns_query.py");
     // TXT, PTR and ANY for an allowed name: refused (a channel for data, not for dialling).
     for (qtype, name) in [(16, "TXT"), (12, "PTR"), (255, "ANY")] {
-        let out = sh(
-            &scene.world.host,
-            None,
-            &format!("python3 {dnsq} allowed.test {RESOLVER} {qtype}"),
-        )
-        .await;
+        let out = scene
+            .dns_query(None, &format!("allowed.test {RESOLVER} {qtype}"))
+            .await;
         assert_eq!(
             out.stdout.trim(),
             "rcode=5 answers=0",
@@ -967,12 +952,9 @@ async fn txt_ptr_and_any_are_refused_by_the_dns_listener_and_never_forwarded() {
         );
     }
     // A refused name is not a violation by default either: the run goes on.
-    let out = sh(
-        &scene.world.host,
-        None,
-        &format!("python3 {dnsq} evil.test {RESOLVER}"),
-    )
-    .await;
+    let out = scene
+        .dns_query(None, &format!("evil.test {RESOLVER}"))
+        .await;
     assert_eq!(out.stdout.trim(), "rcode=5 answers=0", "{}", out.stderr);
     assert_eq!(w.admin_get("/readyz").await.0, 200);
     assert!(
@@ -988,13 +970,9 @@ async fn with_dns_denial_is_violation_a_refused_query_ends_the_run() {
     let mut w = scene
         .warden_with("terminate", &["--dns-denial-is-violation"])
         .await;
-    let dnsq = scene.path("dns_query.py");
-    let out = sh(
-        &scene.world.host,
-        None,
-        &format!("python3 {dnsq} evil.test {RESOLVER}"),
-    )
-    .await;
+    let out = scene
+        .dns_query(None, &format!("evil.test {RESOLVER}"))
+        .await;
     assert_eq!(out.stdout.trim(), "rcode=5 answers=0", "{}", out.stderr);
     assert_eq!(w.exit().await.code(), Some(77));
     let line = w

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::dns::FakeDns;
 use support::upstream::HttpUpstream;
 use support::{Warden, curl, raw_request, status_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -203,15 +202,7 @@ async fn a_dns_upstream_that_is_down_or_silent_fails_closed_within_twice_the_tim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sighup_storm_under_load_loses_no_request_and_no_line() {
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
-    let w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .action("terminate")
-        .spawn()
-        .await;
+    let (w, up, _dns) = support::allowed_test(|b| b.action("terminate")).await;
     let proxy = w.http;
     let port = up.addr.port();
     let ok = Arc::new(AtomicUsize::new(0));
@@ -268,17 +259,8 @@ async fn a_sighup_storm_under_load_loses_no_request_and_no_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_traffic_records_every_connection_once() {
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
-    let mut w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .action("terminate")
-        .arg("--drain-timeout")
-        .arg("2s")
-        .spawn()
-        .await;
+    let (mut w, up, _dns) =
+        support::allowed_test(|b| b.action("terminate").arg("--drain-timeout").arg("2s")).await;
     let proxy = w.http;
     let port = up.addr.port();
     let ok = Arc::new(AtomicUsize::new(0));

@@ -433,16 +433,8 @@ async fn an_upstream_connection_serves_the_next_client_only_while_the_policy_all
 
 #[tokio::test]
 async fn every_request_the_parser_rejects_leaves_one_record_and_counts_when_asked() {
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
-    let w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .action("deny")
-        .arg("--malformed-is-violation")
-        .spawn()
-        .await;
+    let (w, up, _dns) =
+        support::allowed_test(|b| b.action("deny").arg("--malformed-is-violation")).await;
     let port = up.addr.port();
     let big = "a".repeat(100 * 1024);
     // (what, bytes, the status hyper answers with; 0 = closed without a response)

@@ -11,14 +11,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn curl_through_socks5_with_remote_dns_reaches_an_allowed_name() {
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
-    let w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .spawn()
-        .await;
+    let (w, up, _dns) = support::allowed_test(|b| b).await;
     let url = format!("http://allowed.test:{}/via-socks", up.addr.port());
     let out = curl(&["--socks5-hostname", &w.socks.to_string(), &url]).await;
     assert!(out.stdout.starts_with("plain GET /via-socks"), "{out:?}");

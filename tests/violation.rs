@@ -252,15 +252,7 @@ async fn report_lets_a_violation_through_and_records_it_everywhere() {
 
 #[tokio::test]
 async fn deny_refuses_only_the_violating_connection() {
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
-    let w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .action("deny")
-        .spawn()
-        .await;
+    let (w, up, _dns) = support::allowed_test(|b| b.action("deny")).await;
     assert_eq!(w.status(&["http://evil.test/"]).await, "403");
     let out = curl(&[
         "-x",

@@ -36,6 +36,21 @@ pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>
     }
 }
 
+/// The common scene: an HTTP upstream on loopback, `allowed.test` resolving to it, and a warden
+/// allowing that name on any port (and the upstream's address); `more` adds to the builder.
+pub async fn allowed_test(
+    more: impl FnOnce(Builder) -> Builder,
+) -> (Warden, upstream::HttpUpstream, dns::FakeDns) {
+    let up = upstream::HttpUpstream::start().await;
+    let dns = dns::FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let b = Warden::builder()
+        .allow("allowed.test:*")
+        .upstream(up.addr)
+        .dns(dns.addr);
+    let w = more(b).spawn().await;
+    (w, up, dns)
+}
+
 pub struct Builder {
     allow: String,
     dns: Option<SocketAddr>,

@@ -409,12 +409,18 @@ pub enum LoadError {
     },
     #[error("{path}: file is larger than {MAX_FILE_BYTES} bytes")]
     TooLarge { path: PathBuf },
+    #[error(
+        "{path}: directory holds no *.txt allowlist (only files ending in .txt directly inside \
+         are read); add one, or name the files themselves"
+    )]
+    EmptyDirectory { path: PathBuf },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Parse(Vec<ParseError>),
 }
 
 /// Expands each path: a directory contributes every `*.txt` directly inside it (sorted), a file
-/// itself. A missing path is an error: a policy that silently lost a file is a different policy.
+/// itself. A missing path, or a directory without a `*.txt`, is an error: a policy that
+/// silently lost a file is a different policy.
 pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
     for path in paths {
@@ -431,6 +437,11 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
                 if p.extension().is_some_and(|e| e == "txt") && p.is_file() {
                     found.push(p);
                 }
+            }
+            // A directory that contributes nothing is a mistake (a ConfigMap whose keys lost
+            // their .txt, a wrong mount), never a policy: it would deny everything silently.
+            if found.is_empty() {
+                return Err(LoadError::EmptyDirectory { path: path.clone() });
             }
             found.sort();
             files.extend(found);
@@ -759,5 +770,14 @@ mod tests {
         assert_eq!(set.files.len(), 2);
         let missing = load(&[dir.path().join("nope.txt")]).unwrap_err();
         assert!(missing.to_string().contains("nope.txt"), "{missing}");
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::write(empty.path().join("pypi.yaml"), "pypi.org\n").unwrap();
+        let err = load(&[empty.path().to_owned()]).unwrap_err();
+        assert!(matches!(err, LoadError::EmptyDirectory { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&empty.path().display().to_string()) && text.contains("*.txt"),
+            "{text}"
+        );
     }
 }

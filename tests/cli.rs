@@ -59,6 +59,22 @@ fn check_reports_every_error_with_file_and_line_and_exits_64() {
 }
 
 #[test]
+fn an_allowlist_directory_without_a_txt_file_is_an_error_for_check_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pypi.yaml"), "pypi.org\n").unwrap();
+    let path = dir.path().to_str().unwrap();
+    let (code, out, err) = run(&["check", path], &[]);
+    assert_eq!(code, 64, "{out}");
+    assert!(err.contains(path) && err.contains("no *.txt"), "{err}");
+    let (code, _, err) = run(
+        &["serve", "--allowlist", path, "--http-listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(code, 64);
+    assert!(err.contains(path) && err.contains("no *.txt"), "{err}");
+}
+
+#[test]
 fn bad_configuration_exits_64_with_nothing_bound() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.txt");

@@ -105,8 +105,12 @@ impl Shared {
         let verdict = ruling.judgement.as_str();
         self.metrics.decision(a.listener, verdict, reason);
         let host = a.host.as_deref().unwrap_or("(none)");
-        self.summary
-            .connection(host, ruling.judgement.proceeds(), a.bytes_up, a.bytes_down);
+        if a.listener == Listener::Dns {
+            self.summary.dns_query(host, ruling.judgement.proceeds());
+        } else {
+            self.summary
+                .connection(host, ruling.judgement.proceeds(), a.bytes_up, a.bytes_down);
+        }
         let ts = timestamp(SystemTime::now());
         if ruling.violation {
             self.summary.violation(ViolationEntry {

@@ -21,6 +21,11 @@ pub struct HostStats {
     pub denied: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Queries for this name through the capture DNS listener, counted apart from
+    /// connections (a resolver's retries and search list make many per lookup).
+    pub dns_queries: u64,
+    /// Of those, the ones refused.
+    pub dns_refused: u64,
 }
 
 /// One violation, as listed in the summary.
@@ -45,6 +50,20 @@ struct Inner {
     other: HostStats,
     violations: Vec<ViolationEntry>,
     violations_total: u64,
+}
+
+impl Inner {
+    /// The entry for `host`, or `other_hosts` once [`MAX_HOSTS`] are listed.
+    fn stats(&mut self, host: &str) -> &mut HostStats {
+        let full = self.hosts.len() >= MAX_HOSTS && !self.hosts.contains_key(host);
+        if full {
+            &mut self.other
+        } else if self.hosts.contains_key(host) {
+            self.hosts.get_mut(host).expect("present")
+        } else {
+            self.hosts.entry(host.to_owned()).or_default()
+        }
+    }
 }
 
 /// Accumulates the run's traffic for the summary file.
@@ -84,14 +103,7 @@ impl Summary {
     /// Counts one connection or request to `host`.
     pub fn connection(&self, host: &str, allowed: bool, bytes_up: u64, bytes_down: u64) {
         let mut inner = self.inner.lock().expect("summary lock");
-        let full = inner.hosts.len() >= MAX_HOSTS && !inner.hosts.contains_key(host);
-        let stats = if full {
-            &mut inner.other
-        } else if inner.hosts.contains_key(host) {
-            inner.hosts.get_mut(host).expect("present")
-        } else {
-            inner.hosts.entry(host.to_owned()).or_default()
-        };
+        let stats = inner.stats(host);
         stats.connections += 1;
         if allowed {
             stats.allowed += 1;
@@ -100,6 +112,16 @@ impl Summary {
         }
         stats.bytes_up += bytes_up;
         stats.bytes_down += bytes_down;
+    }
+
+    /// Counts one DNS query for `host`.
+    pub fn dns_query(&self, host: &str, allowed: bool) {
+        let mut inner = self.inner.lock().expect("summary lock");
+        let stats = inner.stats(host);
+        stats.dns_queries += 1;
+        if !allowed {
+            stats.dns_refused += 1;
+        }
     }
 
     pub fn violation(&self, entry: ViolationEntry) {

@@ -962,6 +962,31 @@ async fn txt_ptr_and_any_are_refused_by_the_dns_listener_and_never_forwarded() {
         "nothing refused was forwarded: {:?}",
         scene.dns.questions()
     );
+    // An allowed query the upstream fails is recorded with the upstream's answer code.
+    scene.dns.fail("allowed.test", 2);
+    let out = scene
+        .dns_query(None, &format!("allowed.test {RESOLVER}"))
+        .await;
+    assert_eq!(out.stdout.trim(), "rcode=2 answers=0", "{}", out.stderr);
+    let line = w
+        .decision(|l| l["listener"] == "dns" && l["error"] == "dns_upstream_error")
+        .await;
+    assert_eq!(line["verdict"], "allow");
+    assert!(
+        line["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("upstream rcode=Server Failure")),
+        "{line}"
+    );
+    // DNS is counted apart from connections in the summary.
+    let mut w = w;
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.exit().await.code(), Some(0));
+    let summary = w.summary_json();
+    let host = &summary["hosts"]["allowed.test"];
+    assert_eq!(host["dns_queries"], 4, "{summary:#}");
+    assert_eq!(host["dns_refused"], 3, "{summary:#}");
+    assert_eq!(host["connections"], 0, "{summary:#}");
 }
 
 #[tokio::test]

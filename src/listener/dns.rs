@@ -314,6 +314,16 @@ async fn answer(
             return dns::refusal(&msg, ResponseCode::ServFail);
         }
     };
+    // The upstream's own answer code: an allowed name it could not resolve is recorded as
+    // such, not as a plain `allow`.
+    let rcode = ResponseCode::from(0, rsp.get(3).map_or(0, |b| b & 0x0f));
+    if rcode != ResponseCode::NoError {
+        let prefix = a.detail.take().unwrap_or_default();
+        a.set_detail(format!("{prefix} upstream rcode={rcode}").trim());
+        if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused) {
+            a.error = Some("dns_upstream_error");
+        }
+    }
     if !cleaned.stripped.is_empty() || cleaned.ech_removed > 0 {
         let stripped: Vec<String> = cleaned.stripped.iter().map(IpAddr::to_string).collect();
         let prefix = a.detail.take().unwrap_or_default();

@@ -15,11 +15,13 @@ use tokio::net::{TcpListener, UdpSocket};
 
 type Table = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
 type Aliases = Arc<Mutex<HashMap<String, String>>>;
+type Failing = Arc<Mutex<HashMap<String, u8>>>;
 
 pub struct FakeDns {
     pub addr: SocketAddr,
     table: Table,
     aliases: Aliases,
+    failing: Failing,
     questions: Arc<Mutex<Vec<String>>>,
 }
 
@@ -51,6 +53,7 @@ impl FakeDns {
         }
         let questions = Arc::new(Mutex::new(Vec::new()));
         let aliases: Aliases = Arc::default();
+        let failing: Failing = Arc::default();
         udp.set_nonblocking(true).unwrap();
         tcp.set_nonblocking(true).unwrap();
         let (udp, tcp) = (
@@ -58,7 +61,10 @@ impl FakeDns {
             TcpListener::from_std(tcp).unwrap(),
         );
         let addr = udp.local_addr().unwrap();
-        let (t, q) = ((table.clone(), aliases.clone()), questions.clone());
+        let (t, q) = (
+            (table.clone(), aliases.clone(), failing.clone()),
+            questions.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -70,7 +76,10 @@ impl FakeDns {
                 }
             }
         });
-        let (t, q) = ((table.clone(), aliases.clone()), questions.clone());
+        let (t, q) = (
+            (table.clone(), aliases.clone(), failing.clone()),
+            questions.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = tcp.accept().await else {
@@ -97,6 +106,7 @@ impl FakeDns {
             addr,
             table,
             aliases,
+            failing,
             questions,
         }
     }
@@ -117,6 +127,11 @@ impl FakeDns {
             .insert(name.into(), target.into());
     }
 
+    /// Answers every question for `name` with `rcode` (2 SERVFAIL, 5 REFUSED) and nothing else.
+    pub fn fail(&self, name: &str, rcode: u8) {
+        self.failing.lock().unwrap().insert(name.into(), rcode);
+    }
+
     /// Every name asked for so far (lower case, no trailing dot).
     pub fn questions(&self) -> Vec<String> {
         self.questions.lock().unwrap().clone()
@@ -125,7 +140,7 @@ impl FakeDns {
 
 fn answer(
     query: &[u8],
-    (table, aliases): &(Table, Aliases),
+    (table, aliases, failing): &(Table, Aliases, Failing),
     questions: &Arc<Mutex<Vec<String>>>,
 ) -> Option<Vec<u8>> {
     let msg = Message::from_vec(query).ok()?;
@@ -142,6 +157,10 @@ fn answer(
             .to_ascii_lowercase();
         questions.lock().unwrap().push(name.clone());
         rsp.add_query(q.clone());
+        if let Some(rcode) = failing.lock().unwrap().get(&name).copied() {
+            rsp.metadata.response_code = ResponseCode::from(0, rcode);
+            return rsp.to_vec().ok();
+        }
         let mut owner = q.name().clone();
         let mut lookup = name;
         if let Some(target) = aliases.lock().unwrap().get(&lookup).cloned() {

@@ -512,80 +512,63 @@ async fn serve(
         }
         Ok(())
     })();
-    if let Err(e) = spawned {
-        eprintln!("egress-warden: {e}");
-        stop.cancel();
-        return finish(
-            &shared,
-            &audit,
-            audit_thread,
-            started,
-            EXIT_FAILURE,
-            "failed",
-        )
-        .await;
-    }
-    // Capture is proven by probes before anything is announced, and watched while the run lasts.
+    // The rest of start-up, with one way out on failure: say why, stop, record, exit 1.
     let capture_lost = CancellationToken::new();
-    if let Some(capture) = &config.capture {
-        // On this (the main) thread: it still holds the start-up privileges probes need to
-        // enter an isolated namespace; the runtime threads serve the probes meanwhile.
-        match capture::place::prove(&place, &shared.probes) {
-            Ok(r) if r.ok() => tracing::info!(report = %r.describe(), "transparent capture proven"),
-            Ok(r) => {
-                eprintln!(
-                    "egress-warden: transparent capture is not effective: {}",
-                    r.describe()
-                );
-                stop.cancel();
-                return finish(
-                    &shared,
-                    &audit,
-                    audit_thread,
-                    started,
-                    EXIT_FAILURE,
-                    "failed",
-                )
-                .await;
+    let started_up = (|| -> Result<Option<Sandbox>, String> {
+        spawned.map_err(|e| e.to_string())?;
+        // Capture is proven by probes before anything is announced, and watched while the run
+        // lasts.
+        if let Some(capture) = &config.capture {
+            // On this (the main) thread: it still holds the start-up privileges probes need to
+            // enter an isolated namespace; the runtime threads serve the probes meanwhile.
+            match capture::place::prove(&place, &shared.probes) {
+                Ok(r) if r.ok() => {
+                    tracing::info!(report = %r.describe(), "transparent capture proven");
+                }
+                Ok(r) => {
+                    return Err(format!(
+                        "transparent capture is not effective: {}",
+                        r.describe()
+                    ));
+                }
+                Err(e) => return Err(format!("transparent capture could not be probed: {e}")),
             }
-            Err(e) => {
-                eprintln!("egress-warden: transparent capture could not be probed: {e}");
-                stop.cancel();
-                return finish(
-                    &shared,
-                    &audit,
-                    audit_thread,
-                    started,
-                    EXIT_FAILURE,
-                    "failed",
-                )
-                .await;
-            }
+            shared.enforcement.store(true, Ordering::SeqCst);
+            shared.metrics.set_enforcement(true);
+            tokio::spawn(watch_capture(
+                shared.clone(),
+                place.clone(),
+                capture.spec,
+                capture_lost.clone(),
+                stop.clone(),
+            ));
         }
-        shared.enforcement.store(true, Ordering::SeqCst);
-        shared.metrics.set_enforcement(true);
-        tokio::spawn(watch_capture(
-            shared.clone(),
-            place.clone(),
-            capture.spec,
-            capture_lost.clone(),
-            stop.clone(),
-        ));
-    }
-    ready.store(true, Ordering::SeqCst);
-    let started_up = announce_ready(config, &addrs).and_then(|()| match &command {
-        Some(cmd) => Sandbox::spawn(
-            cmd,
-            &sandbox::proxy_env(addrs.http, addrs.socks),
-            place.netns_path(),
-        )
-        .map(Some),
-        None => Ok(None),
-    });
+        ready.store(true, Ordering::SeqCst);
+        announce_ready(config, &addrs).map_err(|e| e.to_string())?;
+        let sandbox = match &command {
+            Some(cmd) => Some(
+                Sandbox::spawn(
+                    cmd,
+                    &sandbox::proxy_env(addrs.http, addrs.socks),
+                    place.netns_path(),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        // Start-up is over: keep only what the running warden uses.
+        if let Err(e) = crate::privileges::limit_thread(&keep) {
+            if let Some(s) = &sandbox {
+                s.kill_tree(KILL_WITHIN);
+            }
+            return Err(format!("cannot drop capabilities: {e}"));
+        }
+        Ok(sandbox)
+    })();
     let mut sandbox = match started_up {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("egress-warden: {e}");
+        Err(message) => {
+            eprintln!("egress-warden: {message}");
             stop.cancel();
             return finish(
                 &shared,
@@ -599,20 +582,6 @@ async fn serve(
         }
     };
     let sandbox_pid = sandbox.as_ref().map(Sandbox::pid);
-    // Start-up is over: keep only what the running warden uses.
-    if let Err(e) = crate::privileges::limit_thread(&keep) {
-        eprintln!("egress-warden: cannot drop capabilities: {e}");
-        stop.cancel();
-        return finish(
-            &shared,
-            &audit,
-            audit_thread,
-            started,
-            EXIT_FAILURE,
-            "failed",
-        )
-        .await;
-    }
     tracing::info!(capabilities = ?crate::privileges::effective(), "start-up complete");
 
     let mut reap = tokio::time::interval(Duration::from_secs(2));

@@ -139,3 +139,66 @@ async fn connect_any(
     }
     Err(last.unwrap_or(DialError::Timeout))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dial_failure_has_its_own_stable_kind() {
+        let connect = |kind: io::ErrorKind| DialError::Connect {
+            addr: SocketAddr::from(([192, 0, 2, 1], 443)),
+            source: io::Error::from(kind),
+        };
+        let cases = [
+            (
+                connect(io::ErrorKind::ConnectionRefused),
+                "connect_refused",
+                None,
+            ),
+            (
+                connect(io::ErrorKind::HostUnreachable),
+                "connect_unreachable",
+                None,
+            ),
+            (
+                connect(io::ErrorKind::NetworkUnreachable),
+                "connect_unreachable",
+                None,
+            ),
+            (
+                connect(io::ErrorKind::PermissionDenied),
+                "connect_failed",
+                None,
+            ),
+            (DialError::Timeout, "connect_timeout", None),
+            (
+                DialError::Resolve(ResolveError::NotFound),
+                "dns_not_found",
+                Some(Reason::ResolveFailed),
+            ),
+            (
+                DialError::Resolve(ResolveError::Timeout),
+                "dns_timeout",
+                Some(Reason::ResolveFailed),
+            ),
+            (
+                DialError::Resolve(ResolveError::NoUpstream),
+                "dns_error",
+                Some(Reason::ResolveFailed),
+            ),
+            (
+                DialError::Denied {
+                    decision: Decision::deny(Reason::SpecialAddress),
+                    ip: IpAddr::from([127, 0, 0, 1]),
+                },
+                "address_denied",
+                Some(Reason::SpecialAddress),
+            ),
+        ];
+        for (err, kind, denial) in cases {
+            assert_eq!(err.kind(), kind, "{err}");
+            assert_eq!(err.denial(), denial, "{err}");
+        }
+    }
+}

@@ -118,6 +118,23 @@ async fn prometheus_scrapes_the_runs_series_and_the_alerts_fire() {
         (!v["data"]["result"].as_array()?.is_empty()).then_some(())
     })
     .await;
+    // The process_* series every exporter has, under the run's id.
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+    ] {
+        let v = prom
+            .query(&format!("{name}{{run_id=\"{run_id}\"}} >= 0"))
+            .await
+            .unwrap();
+        assert_eq!(
+            v["data"]["result"].as_array().unwrap().len(),
+            1,
+            "{name}: {v}"
+        );
+    }
     let allowed = curl(&[
         "-x",
         &w.proxy_url(),

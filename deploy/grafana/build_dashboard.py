@@ -18,8 +18,10 @@ PANELS = [
     ("Top denied reasons (over the range)", "bargauge", "short", [
         (f'topk(10, sum by (reason) (increase(egress_warden_decisions_total{{{RUN},verdict="deny"}}[$__range])))', "{{reason}}"),
     ], 8),
-    ("Violations by reason (over the range)", "bargauge", "short", [
-        (f'sum by (reason) (increase(egress_warden_violations_total{{{RUN}}}[$__range]))', "{{reason}}"),
+    # The run's totals, not increase(): a violation before the first scrape starts the series
+    # above zero, and increase() would show nothing for it.
+    ("Violations by reason (run totals)", "bargauge", "short", [
+        (f'sum by (reason) (max_over_time(egress_warden_violations_total{{{RUN}}}[$__range]))', "{{reason}}"),
     ], 8),
     ("Terminated runs", "stat", "short", [
         (f'count(egress_warden_run_terminated{{{RUN}}} == 1) or vector(0)', "terminated"),

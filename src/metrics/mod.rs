@@ -2,6 +2,8 @@
 //! other label value comes from a closed enum (listener, verdict, reason, outcome) — never a
 //! hostname, path or port chosen by the sandbox.
 
+pub mod process;
+
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -100,7 +102,10 @@ impl Metrics {
     /// alert on `enforcement_active == 0` never fires for an explicit-proxy warden).
     pub fn new(run_id: &str, capture: bool) -> Self {
         let labels = [(Cow::Borrowed("run_id"), Cow::Owned(run_id.to_owned()))];
-        let mut registry = Registry::with_prefix_and_labels("egress_warden", labels.into_iter());
+        // process_* carry no prefix (every exporter's names); everything else is egress_warden_*.
+        let mut root = Registry::with_labels(labels.into_iter());
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("egress_warden");
         let m = Self {
             decisions: Family::default(),
             sent: Family::default(),
@@ -224,7 +229,10 @@ impl Metrics {
         for outcome in ["ok", "error"] {
             let _ = m.reloads.get_or_create(&OutcomeLabels { outcome });
         }
-        Self { registry, ..m }
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
     /// The classic Prometheus text format (0.0.4), for scrapers and tools that do not ask for
@@ -400,10 +408,10 @@ mod tests {
             !text.contains("# EOF") && !text.contains("# UNIT"),
             "{text}"
         );
-        // Every sample line survives unchanged.
+        // Every sample line survives unchanged (process_* are read anew at each encoding).
         let samples = |t: &str| {
             t.lines()
-                .filter(|l| !l.starts_with('#'))
+                .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         };

@@ -13,15 +13,6 @@ pub enum Verdict {
     Deny,
 }
 
-impl Verdict {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Allow => "allow",
-            Verdict::Deny => "deny",
-        }
-    }
-}
-
 /// Why. A closed set: metric label values come from here and nowhere else.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {

@@ -165,6 +165,10 @@ fn bad_values_are_refused_with_the_reason() {
         (&["--set", "exampleJob.runAsUser=0"], "runAsUser"),
         (&["--set", "ports.admin=15001"], "must all differ"),
         (
+            &["--set", "termination.killSandbox=false"],
+            "onViolation: terminate needs termination.killSandbox: true",
+        ),
+        (
             &["--set", "allowlists.bundled=null"],
             "an empty policy denies everything",
         ),

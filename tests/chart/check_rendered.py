@@ -82,9 +82,13 @@ def main(paths):
         try:
             docs = [d for d in yaml.safe_load_all(open(path)) if d]
             kinds = [d["kind"] for d in docs]
+            monitored = any(d["kind"] == "PodMonitor" for d in docs)
             for job in [d for d in docs if d["kind"] == "Job"]:
                 tmpl = job["spec"]["template"]
-                check_pod(tmpl, tmpl["metadata"].get("annotations", {}))
+                annotations = tmpl["metadata"].get("annotations", {})
+                check_pod(tmpl, annotations)
+                scraped = annotations.get("prometheus.io/scrape") == "true"
+                assert not (monitored and scraped), "scraped twice: a PodMonitor and prometheus.io annotations"
                 assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
             for cm in [d for d in docs if d["kind"] == "ConfigMap"]:
                 assert cm["data"], "empty allowlists ConfigMap"

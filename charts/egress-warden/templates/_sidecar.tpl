@@ -25,10 +25,11 @@ shareProcessNamespace: {{ .Values.termination.killSandbox }}
 egress-warden.io/sidecar: "true"
 {{- end }}
 
-{{/* Annotations for the pod template: the allowlists checksum, and scrape hints. */}}
+{{/* Annotations for the pod template: the allowlists checksum, and scrape hints unless a
+PodMonitor scrapes the pods (both would scrape every pod twice). */}}
 {{- define "egress-warden.podAnnotations" -}}
 checksum/egress-warden-allowlists: {{ include "egress-warden.allowlistsChecksum" . }}
-{{- if .Values.metrics.annotations }}
+{{- if and .Values.metrics.annotations (not .Values.metrics.podMonitor.enabled) }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .Values.ports.admin | quote }}
 prometheus.io/path: /metrics

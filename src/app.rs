@@ -302,6 +302,9 @@ struct EndRecord<'a> {
     /// What the terminating attempt was: listener, target and detail.
     #[serde(skip_serializing_if = "Option::is_none")]
     termination_detail: Option<String>,
+    /// The terminating signal and its sender, when one came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<crate::signals::Origin>,
     duration_ms: u64,
 }
 
@@ -406,6 +409,10 @@ async fn serve(
         && let Err(e) = capture::place::establish(&place, capture)
     {
         return fail(format!("transparent capture could not be established: {e}")).await;
+    }
+    // Before the runtime's own handlers, so that a signal's sender is known when it wakes us.
+    if let Err(e) = crate::signals::watch() {
+        return fail(format!("cannot install signal handlers: {e}")).await;
     }
     let (Ok(mut sigterm), Ok(mut sigint), Ok(mut sighup)) = (
         signal(SignalKind::terminate()),
@@ -630,6 +637,26 @@ async fn serve(
             tokio::time::sleep(config.timeouts.termination_drain).await;
             (EXIT_VIOLATION, "terminated")
         }
+        // Signalled by something other than the container runtime or the warden's parent
+        // (the sandbox, in a shared PID namespace): not a clean end, and the sandbox goes too.
+        Ending::Signal(_)
+            if crate::signals::received()
+                .is_some_and(|o| !o.is_supervisor(nix::unistd::getppid().as_raw())) =>
+        {
+            let o = crate::signals::received().expect("checked above");
+            eprintln!(
+                "egress-warden: signal {} from pid {} (uid {}), not from the runtime or the \
+                 warden's parent; ending the run as signalled",
+                o.signal, o.pid, o.uid
+            );
+            if let Some(s) = &sandbox {
+                kill_tree(s);
+            }
+            if config.terminate_pid_namespace {
+                sandbox::kill_pid_namespace(KILL_WITHIN);
+            }
+            (EXIT_FAILURE, "signalled")
+        }
         Ending::Signal(sig) => match sandbox.as_mut() {
             Some(s) => {
                 s.signal(sig);
@@ -725,6 +752,7 @@ async fn finish(
             action: config.action.as_str(),
             policy_sha256: policy.sha256().to_owned(),
             allowlists: file_names(&policy),
+            signal: crate::signals::received(),
         };
         if let Err(e) = shared.summary.write(path, &info) {
             eprintln!(
@@ -747,6 +775,7 @@ async fn finish(
             violations: shared.summary.violations_total(),
             termination_reason: termination.map(|r| r.as_str()),
             termination_detail: termination_what.clone(),
+            signal: crate::signals::received(),
             duration_ms: u64::try_from(
                 ended
                     .duration_since(started)

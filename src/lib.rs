@@ -1,7 +1,7 @@
 //! egress-warden: an egress-control sidecar for agent sandboxes. Every outbound connection is
 //! decided against domain and IP allowlists, counted per run, audited, and a violation ends
 //! the run. See `docs/architecture.md` for how the modules fit together.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod allowlist;
@@ -29,6 +29,7 @@ pub mod readiness;
 pub mod relay;
 pub mod sandbox;
 pub mod shards;
+pub mod signals;
 pub mod size;
 pub mod sniff;
 pub mod sockets;

@@ -86,6 +86,9 @@ pub struct RunInfo {
     pub action: &'static str,
     pub policy_sha256: String,
     pub allowlists: Vec<String>,
+    /// The terminating signal and its sender, when one came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<crate::signals::Origin>,
 }
 
 #[derive(Serialize)]
@@ -177,6 +180,7 @@ mod tests {
             action: "deny",
             policy_sha256: "sha256:x".into(),
             allowlists: vec![],
+            signal: None,
         }
     }
 

@@ -301,6 +301,44 @@ async fn sigterm_drains_and_exits_0() {
     let end = w.audit_lines().pop().unwrap();
     assert_eq!(end["outcome"], "shutdown");
     assert_eq!(end["exit_code"], 0);
+    // Sent by the warden's parent (this test): a clean end, with the sender on record.
+    assert_eq!(end["signal"]["signal"], 15);
+    assert_eq!(end["signal"]["pid"], std::process::id());
+}
+
+#[tokio::test]
+async fn a_sandbox_that_signals_the_warden_ends_the_run_as_signalled_not_clean() {
+    // The sandbox is the warden's child under `run`: it sends SIGTERM to the warden.
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("sandbox.pid");
+    let script = format!(
+        "echo $$ > {}; kill -TERM $PPID; sleep 100",
+        pid_file.display()
+    );
+    let mut w = Warden::builder()
+        .action("terminate")
+        .run(&["sh", "-c", &script])
+        .spawn()
+        .await;
+    let code = w.exit().await.code();
+    let sandbox_pid: i64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(code, Some(1), "{}", w.stderr_text());
+    let end = w.audit_lines().pop().unwrap();
+    assert_eq!(end["event"], "end");
+    assert_eq!(end["outcome"], "signalled", "{end}");
+    assert_eq!(end["exit_code"], 1);
+    assert_eq!(end["signal"]["signal"], 15);
+    assert_eq!(end["signal"]["pid"], sandbox_pid, "{end}");
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    assert_eq!(end["signal"]["uid"], uid);
+    let summary = w.summary_json();
+    assert_eq!(summary["outcome"], "signalled");
+    assert_eq!(summary["signal"]["pid"], sandbox_pid);
+    assert!(!alive(sandbox_pid as i32), "the sandbox went with it");
 }
 
 #[tokio::test]

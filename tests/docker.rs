@@ -38,6 +38,13 @@ fn images() -> &'static (String, String) {
             std::os::unix::fs::symlink("busybox", ctx.path().join("bin").join(applet)).unwrap();
         }
         std::fs::write(ctx.path().join("www/ok.txt"), "ok from upstream\n").unwrap();
+        // What the README's default command fetches from deb.debian.org (an alias of upstream).
+        std::fs::create_dir_all(ctx.path().join("www/debian")).unwrap();
+        std::fs::write(
+            ctx.path().join("www/debian/index.html"),
+            "Debian archive, as served by the test upstream\n",
+        )
+        .unwrap();
         std::fs::copy(
             Path::new(ROOT).join("tests/docker/sandbox.Dockerfile"),
             ctx.path().join("Dockerfile"),
@@ -75,7 +82,11 @@ impl Project {
             (pid / 50 + tag.len() as u32 * 7) % 250
         );
         let subnet = format!("{subnet_base}.0/24");
-        std::fs::write(allow.join("test.txt"), format!("upstream\n{subnet}\n")).unwrap();
+        std::fs::write(
+            allow.join("test.txt"),
+            format!("upstream\ndeb.debian.org\n{subnet}\n"),
+        )
+        .unwrap();
         let mut env: Vec<(String, String)> = vec![
             ("EGRESS_WARDEN_IMAGE".into(), warden.clone()),
             ("SANDBOX_IMAGE".into(), sandbox.clone()),
@@ -136,6 +147,33 @@ impl Project {
     }
 }
 
+/// The `docker-compose up` lines of examples/docker/README.md's first `sh` block, each with the
+/// exit code its comment claims (`exit N`).
+fn readme_commands() -> Vec<(String, i32)> {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("examples/docker/README.md")).unwrap();
+    let block = text
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    block
+        .lines()
+        .filter(|l| l.contains("docker-compose up"))
+        .map(|l| {
+            let (command, comment) = l.split_once('#').unwrap_or((l, ""));
+            let code = comment
+                .split("exit ")
+                .nth(1)
+                .and_then(|c| c.trim().split(|ch: char| !ch.is_ascii_digit()).next())
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("no 'exit N' in the comment of {l:?}"));
+            (command.trim().to_owned(), code)
+        })
+        .collect()
+}
+
 impl Drop for Project {
     fn drop(&mut self) {
         let _ = self.compose(&["down", "-v", "--remove-orphans", "-t", "1"]);
@@ -146,7 +184,7 @@ impl Drop for Project {
 fn the_compose_example_polices_a_sandbox_container() {
     let p = Project::new(
         "ok",
-        "wget -qO- http://upstream/ok.txt; echo wget=$?; nslookup evil.test 2>&1 | grep REFUSED; wget -qO- http://upstream:8080/ 2>&1 | head -n1",
+        "wget -qO- http://upstream/ok.txt; echo wget=$?; kill -TERM 1; echo kill=$?; nslookup evil.test 2>&1 | grep REFUSED; wget -qO- http://upstream:8080/ 2>&1 | head -n1",
         &[("ON_VIOLATION", "deny")],
     );
     let up = p.compose(&["up", "--exit-code-from", "sandbox"]);
@@ -163,6 +201,9 @@ fn the_compose_example_polices_a_sandbox_container() {
         "{sandbox}"
     );
     assert!(sandbox.contains("REFUSED"), "{sandbox}");
+    // The sandbox (uid 65534, no capabilities) cannot signal the warden it shares a PID
+    // namespace with.
+    assert!(sandbox.contains("kill=1"), "{sandbox}");
     assert!(sandbox.contains("403 Forbidden"), "{sandbox}");
     let audit = p.logs("warden");
     assert!(
@@ -261,4 +302,48 @@ fn the_image_holds_only_the_binary_runs_as_non_root_and_is_small() {
         .unwrap();
     assert!(!shell.status.success(), "the image has a shell");
     eprintln!("image {warden}: {size} bytes");
+}
+
+#[test]
+fn the_readmes_compose_commands_exit_as_it_says() {
+    let commands = readme_commands();
+    assert_eq!(commands.len(), 3, "allow, deny and kill: {commands:?}");
+    let p = Project::new("readme", "", &[]);
+    let compose_file = format!(
+        "compose.yaml:{}",
+        Path::new(ROOT)
+            .join("tests/docker/compose.test.yaml")
+            .display()
+    );
+    for (i, (command, want)) in commands.iter().enumerate() {
+        // As a user types it, in examples/docker; only the images and the allowlist directory
+        // come from the environment (COMPOSE_FILE adds the test network and upstream).
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(Path::new(ROOT).join("examples/docker"))
+            .envs(
+                p.env
+                    .iter()
+                    .filter(|(k, _)| k != "SANDBOX_COMMAND" && k != "ON_VIOLATION")
+                    .map(|(k, v)| (k, v)),
+            )
+            .env("COMPOSE_PROJECT_NAME", &p.name)
+            .env("COMPOSE_FILE", &compose_file)
+            .output()
+            .unwrap();
+        let logs = format!("{}\n{}", p.logs("sandbox"), p.logs("warden"));
+        assert_eq!(out.status.code(), Some(*want), "{command}: {logs}");
+        match i {
+            0 => assert!(logs.contains("HTTP/1.1 200"), "{logs}"),
+            1 => assert!(
+                logs.contains("403") && logs.contains("\"reason\":\"ip_not_allowed\""),
+                "{logs}"
+            ),
+            _ => {
+                assert!(logs.contains("\"outcome\":\"terminated\""), "{logs}");
+                assert_eq!(p.state("sandbox").1, 137, "the sandbox was killed");
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-# The test sandbox: Debian's static busybox (sh, wget, nslookup, nc, httpd, sleep) and a page.
+# The test sandbox: Debian's static busybox (sh, wget, nslookup, nc, httpd, sleep) and pages
+# for the test upstream.
 FROM scratch
 COPY bin /bin
 COPY www /www

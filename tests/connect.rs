@@ -584,3 +584,87 @@ async fn a_server_that_speaks_first_is_heard_before_the_client_says_anything() {
         "{line}"
     );
 }
+
+/// A ClientHello whose handshake header announces `msg_len` bytes, then `records` TLS records
+/// of `chunk` bytes each carrying the rest (never enough to complete it).
+fn fragmented_hello(msg_len: usize, records: usize, chunk: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut first = vec![1u8];
+    first.extend_from_slice(&(msg_len as u32).to_be_bytes()[1..]);
+    first.extend_from_slice(&[3, 3]);
+    for data in std::iter::once(first).chain(std::iter::repeat_n(vec![7u8; chunk], records)) {
+        out.extend_from_slice(&[0x16, 3, 1]);
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(&data);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_first_flight_past_the_sniff_limit_or_time_is_refused_and_says_which() {
+    let bytes = ByteUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let w = Warden::builder()
+        .allow("allowed.test:*")
+        .upstream(bytes.addr)
+        .dns(dns.addr)
+        .action("deny")
+        .arg("--sniff-timeout")
+        .arg("300ms")
+        .spawn()
+        .await;
+    let target = format!("allowed.test:{}", bytes.addr.port());
+    // Too large: a ClientHello of 16,000 bytes in 100-byte records never completes within
+    // the 16 KiB the warden reads.
+    let (mut t, status) = connect_tunnel(w.http, &target).await;
+    assert!(status.contains(" 200"), "{status}");
+    let _ = t.write_all(&fragmented_hello(16_000, 200, 100)).await;
+    let mut rest = Vec::new();
+    let _ = t.read_to_end(&mut rest).await;
+    let line = w
+        .decision(|l| {
+            l["reason"] == "sniff_failed"
+                && l["detail"].as_str().is_some_and(|d| d.contains("exceeds"))
+        })
+        .await;
+    assert_eq!(line["bytes_up"], 0, "nothing reached the upstream: {line}");
+    // Too slow: the first bytes of a hello pipelined with the CONNECT itself, then nothing.
+    let mut s = tokio::net::TcpStream::connect(w.http).await.unwrap();
+    let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").into_bytes();
+    req.extend_from_slice(&fragmented_hello(200, 1, 50));
+    s.write_all(&req).await.unwrap();
+    let line = w
+        .decision(|l| {
+            l["reason"] == "sniff_failed"
+                && l["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("incomplete after 300ms"))
+        })
+        .await;
+    assert_eq!(line["bytes_up"], 0, "{line}");
+    assert_eq!(bytes.seen.sunk(), 0);
+}
+
+#[tokio::test]
+async fn several_host_headers_inside_a_tunnel_are_refused() {
+    let up = HttpUpstream::start().await;
+    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
+    let w = Warden::builder()
+        .allow("allowed.test:*")
+        .upstream(up.addr)
+        .dns(dns.addr)
+        .action("deny")
+        .spawn()
+        .await;
+    let target = format!("allowed.test:{}", up.addr.port());
+    let (mut t, status) = connect_tunnel(w.http, &target).await;
+    assert!(status.contains(" 200"), "{status}");
+    t.write_all(format!("GET / HTTP/1.1\r\nHost: {target}\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut t).await;
+    assert_eq!(status_of(&head), 400, "{head}");
+    let line = w.decision(|l| l["detail"] == "several Host headers").await;
+    assert_eq!(line["reason"], "malformed_request");
+    assert_eq!(up.seen.requests(), 0);
+}

@@ -110,8 +110,17 @@ if ech:
 body = b"\x03\x03" + b"\x07" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
 body += struct.pack("!H", len(exts)) + exts
 hs = b"\x01" + len(body).to_bytes(3, "big") + body
+first = b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+if sys.argv[2] == "big":
+    # A hello announcing 16,000 bytes, sent in 100-byte records: never complete in 16 KiB.
+    head = b"\x01" + (16000).to_bytes(3, "big") + b"\x03\x03"
+    first = b"\x16\x03\x01" + struct.pack("!H", len(head)) + head
+    first += (b"\x16\x03\x01" + struct.pack("!H", 100) + b"\x07" * 100) * 200
 s = socket.create_connection((host, 443), timeout=5)
-s.sendall(b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs)
+try:
+    s.sendall(first)
+except OSError:
+    pass
 try:
     r = s.recv(100)
     # 15: a TLS alert (the warden's refusal); 16: a handshake from a server.
@@ -893,7 +902,7 @@ async fn an_encrypted_client_hello_is_decided_by_address_never_by_its_outer_sni(
         &format!("python3 {hello} {PUBLIC_V4} ech"),
     )
     .await;
-    assert_ne!(out.stdout, "16\n", "no server answered: {}", out.stderr);
+    assert_eq!(out.stdout, "15\n", "the warden's TLS alert: {}", out.stderr);
     let line = w
         .decision(|l| l["listener"] == "transparent" && l["verdict"] == "deny")
         .await;
@@ -923,6 +932,23 @@ async fn an_encrypted_client_hello_is_decided_by_address_never_by_its_outer_sni(
         .await;
     assert_eq!(line["host"], "allowed.test");
     assert_eq!(scene.web.seen.connections(), 1);
+    // A first flight past the 16 KiB the warden reads has no name either.
+    sh(
+        &scene.world.host,
+        None,
+        &format!("python3 {hello} {PUBLIC_V4} big"),
+    )
+    .await;
+    let line = w
+        .decision(|l| {
+            l["listener"] == "transparent"
+                && l["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("first flight too large"))
+        })
+        .await;
+    assert_eq!(line["reason"], "no_hostname", "{line}");
+    assert_eq!(scene.web.seen.connections(), 1, "never dialled");
 }
 
 #[tokio::test]

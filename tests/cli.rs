@@ -75,6 +75,37 @@ fn an_allowlist_directory_without_a_txt_file_is_an_error_for_check_and_serve() {
 }
 
 #[test]
+fn run_isolate_without_privileges_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = dir.path().join("allow.txt");
+    std::fs::write(&allow, "pypi.org\n").unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // As nobody, with no capability (CI runs as root, so drop to another uid).
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args([
+            "run",
+            "--isolate",
+            "--allowlist",
+            allow.to_str().unwrap(),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("CAP_SYS_ADMIN") && err.contains("sudo") && err.contains("without --isolate"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_configuration_exits_64_with_nothing_bound() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.txt");

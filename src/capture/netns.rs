@@ -48,7 +48,12 @@ pub const SANDBOX_V6: Ipv6Addr = Ipv6Addr::new(0xfd65, 0x7777, 0, 0, 0, 0, 0, 1)
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("cannot create a network namespace (needs CAP_SYS_ADMIN): {0}")]
+    #[error(
+        "cannot create a network namespace: {0}. `run --isolate` needs CAP_SYS_ADMIN and \
+         CAP_NET_ADMIN: run it with sudo (after start-up the warden keeps only CAP_NET_ADMIN \
+         and CAP_KILL; docs/capture.md), \
+         or without --isolate, where the sandbox uses the proxy through HTTP_PROXY"
+    )]
     Unshare(nix::errno::Errno),
     #[error("cannot enter the sandbox network namespace: {0}")]
     Setns(nix::errno::Errno),

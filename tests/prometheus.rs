@@ -118,6 +118,14 @@ async fn prometheus_scrapes_the_runs_series_and_the_alerts_fire() {
         (!v["data"]["result"].as_array()?.is_empty()).then_some(())
     })
     .await;
+    // An explicit-proxy warden has no capture: the enforcement series is absent, not 0.
+    let v = prom
+        .query(&format!(
+            "egress_warden_enforcement_active{{run_id=\"{run_id}\"}}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(v["data"]["result"].as_array().unwrap().len(), 0, "{v}");
     // The process_* series every exporter has, under the run's id.
     for name in [
         "process_resident_memory_bytes",

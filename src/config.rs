@@ -256,14 +256,15 @@ pub struct Options {
         value_name = "ADDR|off"
     )]
     pub admin_listen: String,
-    /// DNS server the warden resolves allowed names with (IP or IP:PORT). Default: the first
-    /// nameserver in /etc/resolv.conf.
+    /// DNS server the warden resolves allowed names with (IP or IP:PORT). Default (or empty):
+    /// the first nameserver in /etc/resolv.conf.
     #[arg(long, env = "EGRESS_WARDEN_DNS_UPSTREAM", value_name = "ADDR")]
     pub dns_upstream: Option<String>,
     /// What a violation does.
     #[arg(long, env = "EGRESS_WARDEN_ON_VIOLATION", value_enum, default_value_t = Action::Terminate)]
     pub on_violation: Action,
-    /// Identifies this run in metrics, audit and summary (`[A-Za-z0-9._-]`, ≤ 128). Default: fresh.
+    /// Identifies this run in metrics, audit and summary (`[A-Za-z0-9._-]`, ≤ 128). Default (or
+    /// empty): a fresh one.
     #[arg(long, env = "EGRESS_WARDEN_RUN_ID", value_name = "ID")]
     pub run_id: Option<String>,
     /// Audit log (JSON lines): a file path, or `-` for stdout. Default: stderr.
@@ -634,7 +635,10 @@ impl Options {
             listen("http-listen", &self.http_listen, false)?.expect("non-optional listener");
         let socks_listen = listen("socks-listen", &self.socks_listen, true)?;
         let admin_listen = listen("admin-listen", &self.admin_listen, true)?;
-        let dns_upstream = match &self.dns_upstream {
+        // An empty value is the same as none: a compose file or chart can pass `${VAR:-}`
+        // through and leave the choice to the warden.
+        let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        let dns_upstream = match &set(&self.dns_upstream) {
             Some(v) => Some(parse_dns_upstream(v).ok_or_else(|| {
                 invalid(
                     "dns-upstream",
@@ -644,7 +648,7 @@ impl Options {
             })?),
             None => resolv_conf.and_then(first_nameserver),
         };
-        let run_id = match &self.run_id {
+        let run_id = match &set(&self.run_id) {
             Some(id) if valid_run_id(id) => id.clone(),
             Some(id) => {
                 return Err(invalid(
@@ -809,6 +813,16 @@ mod tests {
             Command::Serve(o) => o,
             other => panic!("{other:?}"),
         })
+    }
+
+    #[test]
+    fn empty_run_id_and_dns_upstream_mean_the_defaults() {
+        let cfg = options(&["--run-id=", "--dns-upstream="])
+            .unwrap()
+            .validate(Some("nameserver 10.0.0.2\n"))
+            .unwrap();
+        assert_eq!(cfg.run_id.len(), 16, "a fresh id");
+        assert_eq!(cfg.dns_upstream, Some("10.0.0.2:53".parse().unwrap()));
     }
 
     #[test]

@@ -155,6 +155,20 @@ fn the_template_assertions_can_fail() {
 }
 
 #[test]
+fn a_parents_global_values_are_accepted() {
+    // A parent chart's `global:` reaches every subchart; the strict schema must not refuse it.
+    ok(
+        helm()
+            .args(["template", "t"])
+            .arg(chart())
+            .args(["--set", "global.imageRegistry=registry.example"])
+            .output()
+            .unwrap(),
+        "helm template --set global.…",
+    );
+}
+
+#[test]
 fn bad_values_are_refused_with_the_reason() {
     let cases: &[(&[&str], &str)] = &[
         (&["--set", "onViolation=explode"], "onViolation"),

@@ -198,6 +198,14 @@ impl Attempt {
         self.detail = Some(bounded(detail.as_ref()));
     }
 
+    /// Adds `more` to the detail, after a space when there is one already.
+    pub fn append_detail(&mut self, more: impl AsRef<str>) {
+        match self.detail.take() {
+            Some(d) if !d.is_empty() => self.set_detail(format!("{d} {}", more.as_ref())),
+            _ => self.set_detail(more),
+        }
+    }
+
     /// Applies a policy decision: the reason and rule are kept and the enforcer rules on it.
     pub fn decide(&mut self, shared: &Shared, decision: &Decision) -> Judgement {
         if decision.is_allow() && shared.audit.failing() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::svcb::{SVCB, SvcParamKey, SvcParamValue};
-use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 pub mod resolve;
 pub mod upstream;
@@ -47,6 +47,11 @@ pub enum QueryDecision {
     },
 }
 
+/// A DNS name as the warden writes and compares it: lower case, no trailing dot.
+pub fn name_text(name: &Name) -> String {
+    name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// Decides a parsed query.
 pub fn decide(policy: &Policy, query: &Message, allowed_types: &[RecordType]) -> QueryDecision {
     let refuse = |reason, name: Option<String>, qtype, detail: &str| QueryDecision::Refuse {
@@ -67,8 +72,7 @@ pub fn decide(policy: &Policy, query: &Message, allowed_types: &[RecordType]) ->
             "not exactly one question",
         );
     };
-    let raw = q.name().to_ascii();
-    let name_text = raw.trim_end_matches('.').to_ascii_lowercase();
+    let name_text = name_text(q.name());
     let qtype = q.query_type();
     if q.query_class() != DNSClass::IN {
         return refuse(

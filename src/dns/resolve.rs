@@ -234,8 +234,7 @@ pub fn addresses_in_answer(
 }
 
 fn same_name(a: &Name, b: &Name) -> bool {
-    let text = |n: &Name| n.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-    text(a) == text(b)
+    super::name_text(a) == super::name_text(b)
 }
 
 /// Both families' results: every address found, or the most telling error.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Accepted, Listener};
 use crate::dns::{self, MAX_MESSAGE, QueryDecision};
 use crate::enforce::{Judgement, Ruling};
-use crate::policy::Reason;
+use crate::policy::{Decision, Reason};
 use crate::state::{Attempt, Shared};
 
 /// UDP queries answered at once; more are dropped (the client retries).
@@ -218,12 +218,7 @@ async fn answer(
         .as_ref()
         .ok()
         .and_then(|m| m.queries.first())
-        .map(|q| {
-            q.name()
-                .to_ascii()
-                .trim_end_matches('.')
-                .to_ascii_lowercase()
-        });
+        .map(|q| dns::name_text(q.name()));
     // Capture's own probes are answered before the rate limit, so a flood cannot fail them.
     if let (Ok(msg), Some(name)) = (&parsed, &name)
         && shared.probes.arrived_dns(name)
@@ -263,10 +258,9 @@ async fn answer(
     }
     let config = &shared.config.dns;
     if limited {
-        let prefix = a.detail.take().unwrap_or_default();
-        a.set_detail(format!(
-            "{prefix} rate limited; more in this interval are counted in a dns_rate_limited line"
-        ).trim());
+        a.append_detail(
+            "rate limited; more in this interval are counted in a dns_rate_limited line",
+        );
         deny(shared, &mut a, Reason::DnsRateLimited);
         shared.finish(a).await;
         return dns::refusal(&msg, ResponseCode::Refused);
@@ -275,23 +269,20 @@ async fn answer(
     match dns::decide(&policy, &msg, &config.types) {
         QueryDecision::Refuse { reason, detail, .. } => {
             if !detail.is_empty() {
-                let prefix = a.detail.take().unwrap_or_default();
-                a.set_detail(format!("{prefix} {detail}").trim());
+                a.append_detail(detail);
             }
             if !deny(shared, &mut a, reason).proceeds() {
                 shared.finish(a).await;
                 return dns::refusal(&msg, config.deny_rcode);
             }
         }
-        QueryDecision::Forward { .. } if shared.audit.failing() => {
-            deny(shared, &mut a, Reason::AuditUnavailable);
-            shared.finish(a).await;
-            return dns::refusal(&msg, ResponseCode::Refused);
-        }
         QueryDecision::Forward { rule, .. } => {
-            a.reason = Some(Reason::DomainAllowed);
-            a.rule = Some(rule);
-            a.ruling = Some(Ruling::new(Judgement::Allow, false));
+            // Ruled like every other allow: refused once the audit log is failing.
+            let allow = Decision::allow(Reason::DomainAllowed, Some(rule));
+            if !a.decide(shared, &allow).proceeds() {
+                shared.finish(a).await;
+                return dns::refusal(&msg, ResponseCode::Refused);
+            }
         }
     }
     let upstream = match forward(shared, query).await {
@@ -318,17 +309,15 @@ async fn answer(
     // such, not as a plain `allow`.
     let rcode = ResponseCode::from(0, rsp.get(3).map_or(0, |b| b & 0x0f));
     if rcode != ResponseCode::NoError {
-        let prefix = a.detail.take().unwrap_or_default();
-        a.set_detail(format!("{prefix} upstream rcode={rcode}").trim());
+        a.append_detail(format!("upstream rcode={rcode}"));
         if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused) {
             a.error = Some("dns_upstream_error");
         }
     }
     if !cleaned.stripped.is_empty() || cleaned.ech_removed > 0 {
         let stripped: Vec<String> = cleaned.stripped.iter().map(IpAddr::to_string).collect();
-        let prefix = a.detail.take().unwrap_or_default();
-        a.set_detail(format!(
-            "{prefix} stripped=[{}] ech_removed={}",
+        a.append_detail(format!(
+            "stripped=[{}] ech_removed={}",
             stripped.join(","),
             cleaned.ech_removed
         ));

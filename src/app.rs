@@ -639,26 +639,22 @@ async fn serve(
         }
         // Signalled by something other than the container runtime or the warden's parent
         // (the sandbox, in a shared PID namespace): not a clean end, and the sandbox goes too.
-        Ending::Signal(_)
-            if crate::signals::received()
-                .is_some_and(|o| !o.is_supervisor(nix::unistd::getppid().as_raw())) =>
-        {
-            let o = crate::signals::received().expect("checked above");
-            eprintln!(
-                "egress-warden: signal {} from pid {} (uid {}), not from the runtime or the \
-                 warden's parent; ending the run as signalled",
-                o.signal, o.pid, o.uid
-            );
-            if let Some(s) = &sandbox {
-                kill_tree(s);
+        Ending::Signal(sig) => match (unsupervised_signal(), sandbox.as_mut()) {
+            (Some(o), child) => {
+                eprintln!(
+                    "egress-warden: signal {} from pid {} (uid {}), not from the runtime or \
+                     the warden's parent; ending the run as signalled",
+                    o.signal, o.pid, o.uid
+                );
+                if let Some(s) = child {
+                    kill_tree(s);
+                }
+                if config.terminate_pid_namespace {
+                    sandbox::kill_pid_namespace(KILL_WITHIN);
+                }
+                (EXIT_FAILURE, "signalled")
             }
-            if config.terminate_pid_namespace {
-                sandbox::kill_pid_namespace(KILL_WITHIN);
-            }
-            (EXIT_FAILURE, "signalled")
-        }
-        Ending::Signal(sig) => match sandbox.as_mut() {
-            Some(s) => {
+            (None, Some(s)) => {
                 s.signal(sig);
                 let status = tokio::time::timeout(config.timeouts.drain, s.wait()).await;
                 kill_tree(s);
@@ -668,7 +664,7 @@ async fn serve(
                 };
                 (code, "shutdown")
             }
-            None => (EXIT_OK, "shutdown"),
+            (None, None) => (EXIT_OK, "shutdown"),
         },
         Ending::ChildExited(status) => {
             if let Some(s) = &sandbox {
@@ -717,6 +713,13 @@ async fn serve(
         code = EXIT_FAILURE;
     }
     finish(&shared, &audit, audit_thread, started, code, outcome).await
+}
+
+/// The terminating signal received, if its sender was neither the container runtime nor the
+/// warden's parent.
+fn unsupervised_signal() -> Option<crate::signals::Origin> {
+    let parent = nix::unistd::getppid().as_raw();
+    crate::signals::received().filter(|o| !o.is_supervisor(parent))
 }
 
 /// Writes the summary and the end record, closes the audit log, and settles the exit code.

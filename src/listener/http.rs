@@ -49,25 +49,16 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const H2_GOAWAY: &[u8] = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\
     \x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0d";
 
-/// An HTTP/2 prior-knowledge client: refused in its own protocol, and recorded.
-async fn refuse_h2_preface(shared: &Shared, client: std::net::SocketAddr, stream: &TcpStream) {
+/// Records a connection refused before any request target was known (an h2 preface, a head
+/// hyper could not parse): one record saying why.
+async fn record_rejected(
+    shared: &Shared,
+    client: std::net::SocketAddr,
+    reason: Reason,
+    detail: String,
+) {
     let mut a = Attempt::new(Listener::Http, Some(client));
-    a.set_detail("HTTP/2 with prior knowledge; the proxy speaks HTTP/1.1");
-    a.deny(shared, Reason::UnsupportedRequest);
-    shared.finish(a).await;
-    let _ = write_all(stream, H2_GOAWAY).await;
-}
-
-/// A request hyper refused before the service saw it (a 400 for a malformed head, a 431 for
-/// one too large, a silent close for an h2 preface split over reads): one record saying why.
-async fn record_rejected(shared: &Shared, client: std::net::SocketAddr, err: &hyper::Error) {
-    let mut a = Attempt::new(Listener::Http, Some(client));
-    a.set_detail(format!("rejected by the HTTP parser: {err}"));
-    let reason = if err.is_parse_version_h2() {
-        Reason::UnsupportedRequest
-    } else {
-        Reason::MalformedRequest
-    };
+    a.set_detail(detail);
     a.deny(shared, reason);
     shared.finish(a).await;
 }
@@ -116,8 +107,11 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     drop(waiting);
     let read_ahead = match read {
         FirstRead::Gone => return,
+        // An HTTP/2 prior-knowledge client: refused in its own protocol, and recorded.
         FirstRead::Other(bytes) if bytes.starts_with(H2_PREFACE) => {
-            refuse_h2_preface(&shared, acc.client, &stream).await;
+            let why = "HTTP/2 with prior knowledge; the proxy speaks HTTP/1.1";
+            record_rejected(&shared, acc.client, Reason::UnsupportedRequest, why.into()).await;
+            let _ = write_all(&stream, H2_GOAWAY).await;
             return;
         }
         FirstRead::Other(bytes) => bytes,
@@ -162,7 +156,7 @@ impl Conn {
         let shared = self.shared.clone();
         let config = &shared.config;
         let kill = self.kill.clone();
-        let self_client = self.client;
+        let client = self.client;
         let conn = self;
         let service = service_fn(move |req| {
             let conn = conn.clone();
@@ -174,14 +168,21 @@ impl Conn {
         tokio::pin!(http);
         let killed = killed(kill.as_ref());
         tokio::pin!(killed);
-        let client = self_client;
+        // A request hyper refused before the service saw it (a 400 for a malformed head, a 431
+        // for one too large, a silent close for an h2 preface split over reads).
         let ended = |r: Result<(), hyper::Error>| {
             let shared = &shared;
             async move {
                 if let Err(e) = r
                     && e.is_parse()
                 {
-                    record_rejected(shared, client, &e).await;
+                    let reason = if e.is_parse_version_h2() {
+                        Reason::UnsupportedRequest
+                    } else {
+                        Reason::MalformedRequest
+                    };
+                    let why = format!("rejected by the HTTP parser: {e}");
+                    record_rejected(shared, client, reason, why).await;
                 }
             }
         };

@@ -159,18 +159,18 @@ pub async fn accept_loop<H, F, R, RF>(
             }
         };
         let permit = match shared.connections.clone().try_acquire_owned() {
-            Ok(p) => Ok(p),
+            Ok(p) => Some(p),
             // At the cap: a connection that has not said anything yet makes room.
             Err(_) if shared.waiting.evict_oldest() => {
                 let freed = shared.connections.clone().acquire_owned();
-                match tokio::time::timeout(EVICTION_WAIT, freed).await {
-                    Ok(Ok(p)) => Ok(p),
-                    _ => Err(()),
-                }
+                tokio::time::timeout(EVICTION_WAIT, freed)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
             }
-            Err(_) => Err(()),
+            Err(_) => None,
         };
-        let Ok(permit) = permit else {
+        let Some(permit) = permit else {
             let shared = shared.clone();
             let refused = refuse(stream);
             shared.clone().tasks.spawn(async move {

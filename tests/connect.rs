@@ -647,15 +647,7 @@ async fn a_first_flight_past_the_sniff_limit_or_time_is_refused_and_says_which()
 
 #[tokio::test]
 async fn several_host_headers_inside_a_tunnel_are_refused() {
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
-    let w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .action("deny")
-        .spawn()
-        .await;
+    let (w, up, _dns) = support::allowed_test(|b| b.action("deny")).await;
     let target = format!("allowed.test:{}", up.addr.port());
     let (mut t, status) = connect_tunnel(w.http, &target).await;
     assert!(status.contains(" 200"), "{status}");

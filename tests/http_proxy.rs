@@ -391,18 +391,9 @@ async fn one_request(w: &Warden, host: &str, port: u16, path: &str) -> (u16, Str
 #[tokio::test]
 async fn an_upstream_connection_serves_the_next_client_only_while_the_policy_allows_it() {
     use nix::sys::signal::Signal;
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
     // One worker thread: the pool is per thread, so the next client is served where the
     // first one left its upstream connection.
-    let w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .arg("--worker-threads")
-        .arg("1")
-        .spawn()
-        .await;
+    let (w, up, _dns) = support::allowed_test(|b| b.arg("--worker-threads").arg("1")).await;
     let port = up.addr.port();
     for path in ["/one", "/two", "/three"] {
         let (status, body) = one_request(&w, "allowed.test", port, path).await;

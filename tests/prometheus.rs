@@ -10,8 +10,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use support::dns::FakeDns;
-use support::upstream::HttpUpstream;
 use support::{Warden, curl, eventually, http_get};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -91,17 +89,8 @@ impl Drop for Prometheus {
 
 #[tokio::test]
 async fn prometheus_scrapes_the_runs_series_and_the_alerts_fire() {
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
     let run_id = format!("prom-{}", std::process::id());
-    let w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .arg("--run-id")
-        .arg(&run_id)
-        .spawn()
-        .await;
+    let (w, up, _dns) = support::allowed_test(|b| b.arg("--run-id").arg(&run_id)).await;
     // Prometheus scrapes the run from its start, as it would in production.
     let prom = Prometheus::start(w.admin);
     let ready = format!("http://{}/-/ready", prom.addr());

@@ -375,19 +375,14 @@ async fn a_tunnel_cut_by_the_shutdown_drain_is_recorded_as_such_not_as_a_violati
 
 #[tokio::test]
 async fn a_full_audit_disk_stops_the_run_with_whole_lines_and_nothing_allowed_unrecorded() {
-    let up = HttpUpstream::start().await;
-    let dns = FakeDns::start(&[("allowed.test", &["127.0.0.1"])]).await;
     // 64 KiB of disk with 16 KiB kept in reserve: a couple of hundred lines fit.
-    let mut w = Warden::builder()
-        .allow("allowed.test:*")
-        .upstream(up.addr)
-        .dns(dns.addr)
-        .action("deny")
-        .arg("--audit-reserve")
-        .arg("16KiB")
-        .audit_on_tmpfs("64k")
-        .spawn()
-        .await;
+    let (mut w, up, _dns) = support::allowed_test(|b| {
+        b.action("deny")
+            .arg("--audit-reserve")
+            .arg("16KiB")
+            .audit_on_tmpfs("64k")
+    })
+    .await;
     let url = format!("http://allowed.test:{}/fill", up.addr.port());
     let proxy = w.proxy_url();
     // Sequential requests on keep-alive connections until the warden stops answering.

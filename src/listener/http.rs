@@ -94,17 +94,16 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
         upstream: Mutex::new(None),
     });
     let stream = acc.stream;
-    let waiting = shared.waiting.enter();
     let stop = async {
         tokio::select! {
             () = killed(kill.as_ref()) => {}
             () = shared.drain.cancelled() => {}
-            () = waiting.evicted() => {}
+            // Polled only once the first read has to wait: then it may be evicted at the cap.
+            () = shared.waiting.until_evicted() => {}
         }
     };
     let head = config.max_header_bytes;
     let read = first_connect::read(&stream, config.timeouts.handshake, head, stop).await;
-    drop(waiting);
     let read_ahead = match read {
         FirstRead::Gone => return,
         // An HTTP/2 prior-knowledge client: refused in its own protocol, and recorded.

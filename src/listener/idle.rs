@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 pub struct Waiting {
@@ -27,7 +27,7 @@ struct Inner {
 }
 
 /// A connection's place in the queue; leaves it when dropped.
-pub struct Ticket {
+struct Ticket {
     id: u64,
     token: CancellationToken,
     owner: Arc<Waiting>,
@@ -42,8 +42,17 @@ impl Waiting {
         }
     }
 
+    /// Resolves if the caller is evicted. The caller is in the queue only while this future
+    /// lives and has been polled: made a branch of the select that waits for the first
+    /// request, it costs nothing to a connection whose request is already there (the read
+    /// branch is taken before this one is first polled) and leaves the queue with the select.
+    pub async fn until_evicted(self: &Arc<Self>) {
+        let ticket = self.enter();
+        ticket.token.cancelled().await;
+    }
+
     /// Queues a connection that is waiting for its first request.
-    pub fn enter(self: &Arc<Self>) -> Ticket {
+    fn enter(self: &Arc<Self>) -> Ticket {
         let token = CancellationToken::new();
         let mut inner = self.inner.lock().expect("waiting lock");
         let id = inner.next;
@@ -78,13 +87,6 @@ impl Waiting {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl Ticket {
-    /// Resolves when this connection is evicted.
-    pub fn evicted(&self) -> WaitForCancellationFutureOwned {
-        self.token.clone().cancelled_owned()
     }
 }
 

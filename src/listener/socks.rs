@@ -171,15 +171,14 @@ pub async fn serve(shared: Arc<Shared>, acc: Accepted) {
     } = acc;
     let _guard = guard;
     let mut a = Attempt::new(Listener::Socks, Some(client));
-    let waiting = shared.waiting.enter();
     let shake = tokio::time::timeout(shared.config.timeouts.handshake, handshake(&mut stream));
     let shake = tokio::select! {
+        biased;
         r = shake => r,
         () = crate::enforce::killed(kill.as_ref()) => return,
         // Evicted at the connection cap before it asked for anything: not worth a record.
-        () = waiting.evicted() => return,
+        () = shared.waiting.until_evicted() => return,
     };
-    drop(waiting);
     let (address, port) = match shake.unwrap_or(Err(HandshakeError::Timeout)) {
         Ok(req) => req,
         // A probe that connects and closes without a byte is not worth a record.

@@ -450,10 +450,6 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
 /// Reads until the end of an HTTP response head (and whatever arrived with it); a reset or
 /// early close ends it with what arrived before.
 pub async fn read_head(s: &mut TcpStream) -> String {
-    read_head_lossy(s).await
-}
-
-async fn read_head_lossy(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while !out.windows(4).any(|w| w == b"\r\n\r\n") {
